@@ -1,0 +1,1 @@
+"""clipipe.targets"""
