@@ -60,8 +60,14 @@ def encode(channel: int, kind: int, payload: Any) -> bytes:
 
 def encode_data(channel: int, data: bytes | bytearray | memoryview) -> bytes:
     """A DATA frame built around data with a single copy (no msgpack pass over the bytes)."""
-    packer = msgpack.Packer(use_bin_type=True)
-    head = b"\x93" + packer.pack(channel) + packer.pack(DATA) + packer.pack_bin_header(len(data))
+    n = len(data)
+    if n < 0x100:
+        binhead = struct.pack(">BB", 0xC4, n)
+    elif n < 0x10000:
+        binhead = struct.pack(">BH", 0xC5, n)
+    else:
+        binhead = struct.pack(">BI", 0xC6, n)
+    head = b"\x93" + msgpack.packb(channel) + msgpack.packb(DATA) + binhead
     size = len(head) + len(data)
     if size > MAX_FRAME:
         raise FrameError(f"DATA frame of {size} bytes exceeds MAX_FRAME {MAX_FRAME}")
