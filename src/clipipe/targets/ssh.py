@@ -193,7 +193,11 @@ class _SSHCore:
         if s.port:
             opts["port"] = s.port
         if s.key:
-            opts["client_keys"] = [_expand(s.key)]
+            key = _expand(s.key) or ""
+            if not os.path.isfile(key):
+                raise AuthError(f"key file not found: {key}", target=self.name,
+                                hint="set `key:` to a private key file, or remove it to use ssh-agent")
+            opts["client_keys"] = [key]
         if s.password_env:
             pw = os.environ.get(s.password_env)
             if pw is not None:
@@ -336,7 +340,7 @@ class _SSHCore:
         """SIGKILL a remote process group over the control connection."""
         if self.conn is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.conn.run(f"kill -KILL -- -{int(pgid)}", check=False), 5)
+                await asyncio.wait_for(self.conn.run(f"kill -KILL -{int(pgid)}", check=False), 5)
 
     async def run_mux(self, master: OpenSSHMaster, procs: list[ProcSpec], io: SegmentIO) -> list[ProcOutcome]:
         """Run a segment as an OpenSSH mux session; record it as an `openssh-mux` stream."""
