@@ -86,7 +86,11 @@ def boot_command(python: str = "python3") -> str:
 def payload(config: dict[str, Any] | None = None) -> bytes:
     """What the controller writes to the loader's stdin: the compressed agent and its config literal."""
     config_text = repr(config or {})
-    if ast.literal_eval(config_text) != (config or {}):
+    try:
+        same = ast.literal_eval(config_text) == (config or {})
+    except (ValueError, SyntaxError):
+        same = False
+    if not same:
         raise ValueError("agent config must be made of Python literals")
     source = zlib.compress(agent_source(), 9)
     cfg = config_text.encode()
