@@ -385,3 +385,21 @@ def test_cli_show_and_test(sshd, tmp_path, monkeypatch):
     assert bad.exit_code == 3
     unknown = CliRunner().invoke(context_cli, ["show", "nope"], env=env)
     assert unknown.exit_code == 2
+
+
+@pytest.mark.parametrize("plane", ["agent", "openssh"])
+def test_ssh_config_alias_is_honoured(sshd, tmp_path, plane):
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host clipipe-alias\n  HostName {sshd.host}\n  Port {sshd.port}\n  User {sshd.user}\n"
+                   f"  IdentityFile {sshd.key}\n")
+    c = parse_contexts("contexts:\n  a:\n    type: ssh\n    host: clipipe-alias\n"
+                       f"    ssh_config: {cfg}\n    known_hosts: {sshd.known_hosts}\n    data_plane: {plane}\n")
+
+    async def go():
+        try:
+            return await segment(c.make_target("a"), ["whoami"])
+        finally:
+            await c.close_all()
+
+    outcomes, out, _ = run(go())
+    assert out == f"{sshd.user}\n".encode() and outcomes[0].ok

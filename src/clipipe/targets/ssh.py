@@ -568,13 +568,16 @@ class SSHTarget(_SSHCore, _Base):
 
     async def run_segment(self, procs: list[ProcSpec], io: SegmentIO) -> list[ProcOutcome]:
         """Run a segment by the agent, the OpenSSH mux or raw exec (see the module docstring)."""
+        mux = self.wants_mux(io)
         try:
-            await self.open()
+            if mux:     # the ControlMaster handshake overlaps the agent's boot
+                master = (await asyncio.gather(self.mux_master(), self.open()))[0]
+            else:
+                await self.open()
         except BaseException:
             _close_all(io)
             raise
-        if self.wants_mux(io):
-            master = await self.mux_master()
+        if mux:
             if master is not None:
                 outcomes = await self.run_mux(master, procs, io)
                 self.last_stats = self.stream_stats[-1]
