@@ -76,17 +76,18 @@ async def probe(contexts: Contexts, name: str, timeout: float) -> str:
         return status_of(exc)
     except Exception as exc:  # noqa: BLE001 - a status column must not crash the listing
         return f"error: {exc}"
-    finally:
-        try:
-            await asyncio.wait_for(target.close(), timeout)
-        except Exception:  # noqa: BLE001
-            pass
 
 
 async def probe_all(contexts: Contexts, timeout: float) -> dict[str, str]:
-    """Probe every context concurrently."""
+    """Probe every context concurrently; close the targets only at the end (jumps share them)."""
     names = contexts.names()
-    results = await asyncio.gather(*(probe(contexts, n, timeout) for n in names))
+    try:
+        results = await asyncio.gather(*(probe(contexts, n, timeout) for n in names))
+    finally:
+        try:
+            await asyncio.wait_for(contexts.close_all(), timeout + 5)
+        except asyncio.TimeoutError:
+            pass
     return dict(zip(names, results))
 
 
