@@ -82,8 +82,15 @@ class Parser:
             return "a line break"
         return repr(t.text)
 
-    @staticmethod
-    def error(t: Token, message: str) -> MappingSyntaxError:
+    def error(self, t: Token, message: str) -> MappingSyntaxError:
+        """A syntax error at `t`; at a line end or the end, right after the last real token."""
+        if t.kind in ("eof", "nl"):
+            j = self.toks.index(t) - 1 if t in self.toks else self.i - 1
+            while j >= 0 and self.toks[j].kind == "nl":
+                j -= 1
+            if j >= 0:
+                prev = self.toks[j]
+                return MappingSyntaxError(message, prev.line, prev.col + len(prev.text))
         return MappingSyntaxError(message, t.line, t.col)
 
     # -- statements --------------------------------------------------------------------------------
