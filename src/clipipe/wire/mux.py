@@ -161,3 +161,7 @@ class Mux:
 
     def __len__(self) -> int:
         return len(self._channels)
+
+    def channels(self) -> list[Channel]:
+        """The open channels (for stats and tests)."""
+        return list(self._channels.values())
