@@ -402,7 +402,7 @@ class Agent(object):
         self.kill_grace = float(self.config.get("kill_grace", KILL_GRACE))
         self.sel = selectors.DefaultSelector()
         self.interest = {}
-        self.inbuf = bytearray()
+        self.inbuf = b""
         self.out = deque()
         self.outlen = 0
         self.segments = {}
@@ -466,20 +466,21 @@ class Agent(object):
             self.stdin_open = False
             self.running = False
             return
-        self.inbuf += data
+        buf = self.inbuf + data if self.inbuf else data
         pos = 0
-        while len(self.inbuf) - pos >= 4:
-            size = struct.unpack_from(">I", self.inbuf, pos)[0]
+        end = len(buf)
+        while end - pos >= 4:
+            size = struct.unpack_from(">I", buf, pos)[0]
             if size > MAX_FRAME:
                 self.error("frame of %d bytes exceeds MAX_FRAME %d; closing" % (size, MAX_FRAME))
                 self.running = False
                 break
-            if len(self.inbuf) - pos - 4 < size:
+            if end - pos - 4 < size:
                 break
-            body = bytes(self.inbuf[pos + 4:pos + 4 + size])
+            # DATA payloads become memoryviews into buf (bytes: immutable, so safe to keep)
+            self.on_frame(memoryview(buf)[pos + 4:pos + 4 + size])
             pos += 4 + size
-            self.on_frame(body)
-        del self.inbuf[:pos]
+        self.inbuf = buf[pos:]
 
     def on_frame(self, body):
         try:

@@ -77,6 +77,8 @@ class AsyncFd:
         elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
             os.set_blocking(fd, False)
             self.mode = "nonblock"
+            if stat.S_ISFIFO(mode):
+                _grow_pipe(fd)
         else:
             self.mode = "poll"
 
@@ -127,6 +129,15 @@ class AsyncFd:
                     await self._ready(True)
                     continue
             view = view[n:]
+
+
+def _grow_pipe(fd: int) -> None:
+    """Give a pipe we own one end of a CHUNK-sized buffer: 4x fewer reads, writes and frames."""
+    try:
+        import fcntl
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), CHUNK)
+    except (ImportError, OSError):
+        pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default size works, slower
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
