@@ -343,11 +343,18 @@ def parse_pipeline(doc: Any, path: str) -> Pipeline:
 def load_pipeline(path: str) -> tuple[Any, Pipeline | None]:
     """Load a file: (marked document, Pipeline) — Pipeline is None for record pipelines."""
     doc = load(path)
-    from clipipe import records  # records registers its own loader; imported lazily (heavy deps)
-
-    if isinstance(doc, dict) and records.is_record_pipeline(doc):
+    if isinstance(doc, dict) and _looks_like_records(doc):
         return doc, None
     return doc, parse_pipeline(doc, path)
+
+
+def _looks_like_records(doc: Any) -> bool:
+    try:
+        from clipipe.records import is_record_pipeline  # imported lazily: its drivers are heavy
+    except ImportError:
+        inner = doc.get("pipeline", doc) if isinstance(doc.get("pipeline"), dict) else doc
+        return "source" in inner or inner.get("type") in ("batch", "realtime")
+    return bool(is_record_pipeline(doc))
 
 
 def adhoc_pipeline(command: str) -> Pipeline:

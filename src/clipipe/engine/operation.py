@@ -1,0 +1,196 @@
+"""One operation: load, plan and run a pipeline on its targets, and keep the operation record."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable
+
+from clipipe import __version__
+from clipipe.engine.output import Console
+from clipipe.engine.record import iso, make_scrubber, ms, new_op_id
+from clipipe.engine.runner import Runner, RunResult
+from clipipe.errors import ClipipeError, ContextError, UserError
+from clipipe.plan.dag import Plan, build_plan
+from clipipe.spec import params as params_mod
+from clipipe.spec.model import Pipeline
+from clipipe.targets.base import Target
+
+#: Names every pipeline can use without declaring them.
+BUILTIN_NAMES = ("name", "date", "time", "datetime", "timestamp", "op_id", "hostname", "user")
+_UNSUPPORTED = {"port-forward", "cleanup", "transfer"}
+
+
+@dataclass
+class RunOptions:
+    """How to run: where, how parallel, what to show."""
+
+    context: str | None = None           #: -c: the default context of steps without their own
+    contexts_path: str | None = None
+    jobs: int = 8
+    quiet: bool = False
+    progress: str = "auto"               #: auto, tty, plain, quiet
+    dry_run: bool = False
+    out: IO[str] = field(default_factory=lambda: sys.stdout)
+    err: IO[str] = field(default_factory=lambda: sys.stderr)
+
+
+class TargetPool:
+    """Opens each context's target once per run and keeps connection facts for the record."""
+
+    def __init__(self, contexts_path: str | None) -> None:
+        self.contexts_path = contexts_path
+        self._contexts: Any = None
+        self._targets: dict[str, Target] = {}
+        self._opening: dict[str, asyncio.Task[Target]] = {}
+        self.used: dict[str, dict[str, Any]] = {}
+
+    def contexts(self) -> Any:
+        """The loaded contexts.yaml (or the embedded default)."""
+        if self._contexts is None:
+            try:
+                from clipipe.targets.contexts import load_contexts
+            except ImportError:
+                self._contexts = False
+            else:
+                self._contexts = load_contexts(self.contexts_path)
+        return self._contexts
+
+    def default_name(self) -> str:
+        """The default context: contexts.yaml's `default: true`, else local."""
+        c = self.contexts()
+        return c.default_name if c else "local"
+
+    def check(self, name: str) -> None:
+        """Raise ContextError if `name` is not a known context."""
+        c = self.contexts()
+        known = c.names() if c else ["local"]
+        if name not in known:
+            raise ContextError(f"unknown context {name!r} (known: {', '.join(known)})",
+                               hint="define it in contexts.yaml; see `clipipe context list`")
+
+    async def get(self, name: str) -> Target:
+        """The open target of context `name` (opened on first use)."""
+        if name in self._targets:
+            return self._targets[name]
+        if name not in self._opening:
+            self._opening[name] = asyncio.ensure_future(self._open(name))
+        return await asyncio.shield(self._opening[name])
+
+    async def _open(self, name: str) -> Target:
+        c = self.contexts()
+        if c:
+            target = c.make_target(name)
+        else:
+            from clipipe.targets.local import LocalTarget
+
+            target = LocalTarget(name)
+        t0 = time.monotonic()
+        await target.open()
+        info = dict(target.describe())
+        info.setdefault("connection_time_ms", ms(time.monotonic() - t0))
+        self.used[name] = info
+        self._targets[name] = target
+        return target
+
+    async def close(self) -> None:
+        """Close every opened target."""
+        for t in list(self._targets.values()):
+            try:
+                await t.close()
+            except Exception:  # noqa: BLE001 - closing must not hide the run's own result
+                pass
+        for name, t in self._targets.items():  # figures measured during the run (bytes, paths)
+            self.used[name] = {**self.used[name], **t.describe()}
+
+
+@dataclass
+class Prepared:
+    """A pipeline ready to run: resolved values and a plan."""
+
+    pipeline: Pipeline
+    values: dict[str, Any]
+    plan: Plan
+    op_id: str
+    scrub: Callable[[str], str]
+
+
+def prepare(pipeline: Pipeline, given: dict[str, Any], pool: TargetPool, context: str | None,
+            op_id: str | None = None) -> Prepared:
+    """Resolve params and build the plan; every user mistake surfaces here, before anything runs."""
+    op_id = op_id or new_op_id()
+    base = params_mod.builtins(pipeline.name, op_id)
+    values = params_mod.resolve(pipeline, given, base)
+    default = context or pool.default_name()
+    plan = build_plan(pipeline, default_context=default, known_values=list(BUILTIN_NAMES))
+    for s in pipeline.steps:
+        if s.type in _UNSUPPORTED:
+            raise UserError(f"step {s.name!r}: type {s.type!r} is not available yet in this version",
+                            mark=s.mark)
+    for name in sorted(set(plan.contexts.values()) | {c for s in pipeline.steps for b in s.branches
+                                                     for c in [b.context, *(x.context for x in b.steps)] if c}):
+        pool.check(name)
+    scrub = make_scrubber(params_mod.secret_values(pipeline, values))
+    return Prepared(pipeline=pipeline, values=values, plan=plan, op_id=op_id, scrub=scrub)
+
+
+def build_record(prep: Prepared, result: RunResult | None, pool: TargetPool, started: float,
+                 ended: float, status: str, error: str | None = None) -> dict[str, Any]:
+    """The operation JSON record (secrets masked)."""
+    p = prep.pipeline
+    secret_vars = {v for v in (result.variables if result else {}) if params_mod._SECRET_NAME.search(v)}
+    rec: dict[str, Any] = {
+        "id": prep.op_id, "type": "pipeline-stream" if prep.plan.consumers else "pipeline",
+        "clipipe": __version__, "pipeline": p.name, "file": p.path, "version": p.version or None,
+        "status": status, "started": iso(started), "ended": iso(ended), "started_ts": started,
+        "duration_ms": ms(ended - started), "params": params_mod.masked(p, prep.values),
+        "steps": [r.to_json(prep.scrub) for r in result.steps.values()] if result else [],
+        "streams": result.streams if result else [],
+        "variables": {k: ("***" if k in secret_vars else prep.scrub(v))
+                      for k, v in (result.variables if result else {}).items()},
+        "contexts_used": [{"name": n, **info, "steps": [s for s, c in prep.plan.contexts.items() if c == n]}
+                          for n, info in pool.used.items()],
+    }
+    if error:
+        rec["error"] = prep.scrub(error)
+    return rec
+
+
+async def execute(prep: Prepared, pool: TargetPool, console: Console, opts: RunOptions,
+                  progress: Any = None) -> RunResult:
+    """Run the plan, stopping cleanly (every process group killed) on SIGINT/SIGTERM."""
+    runner = Runner(prep.plan, prep.values, pool.get, console, jobs=opts.jobs, progress=progress)
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(runner.run())
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            loop.add_signal_handler(sig, task.cancel)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        return await task
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await pool.close()
+
+
+def open_store() -> Any:
+    """The state store (SQLite under the state dir)."""
+    from clipipe.state.sqlite import SQLiteStore
+
+    return SQLiteStore()
+
+
+def env_flag(name: str) -> bool:
+    """True if environment variable `name` is set to a true-ish value."""
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+__all__ = ["ClipipeError", "Prepared", "RunOptions", "TargetPool", "build_record", "execute", "prepare"]
