@@ -177,10 +177,10 @@ def _summary(record: dict[str, Any], console: Console, adhoc: bool) -> None:
         return
     for s in record["steps"]:
         extra = ""
-        if s.get("status") == "failed" and s.get("error"):
+        if s.get("ignored"):
+            extra = f" — {s.get('error')} (ignored: on_error continue)"
+        elif s.get("status") == "failed" and s.get("error"):
             extra = f" — {s['error']}"
-        elif s.get("ignored"):
-            extra = " (failed, ignored: on_error continue)"
         if s.get("retries"):
             extra += f" after {s['retries']} retr{'y' if s['retries'] == 1 else 'ies'}"
         console.note(f"{marks.get(s['status'], '?')} {s['name']} [{s['context']}] "

@@ -103,7 +103,7 @@ class Runner:
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
                     gid = running.pop(t)
-                    status[gid] = t.result()
+                    status[gid] = "cancelled" if t.cancelled() else t.result()
                     if status[gid] == "failed" and not stop:
                         stop = True
                         for other in running:

@@ -98,6 +98,7 @@ def resolve(pipeline: Pipeline, given: Mapping[str, Any], base: Mapping[str, Any
                              + (f" ({p.description})" if p.description else ""), mark=p.mark)
         else:
             raw[name] = ""
+    base = {k: v for k, v in base.items() if k not in pipeline.params}  # a param overrides a built-in
     values = templates.resolve_all(raw, base, marks=lambda n: pipeline.params[n].mark if n in pipeline.params else None)
     for name, p in pipeline.params.items():
         if isinstance(values.get(name), str) and name not in given:

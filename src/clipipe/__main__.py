@@ -1,0 +1,4 @@
+"""`python -m clipipe`."""
+from clipipe.cli import entry
+
+entry()
