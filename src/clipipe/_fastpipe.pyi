@@ -35,4 +35,5 @@ def pump(
     policy: str | Sequence[str] = "fail",
     close_sinks: bool = True,
     pipe_size: int = ...,
+    kernel: bool = True,
 ) -> PumpResult: ...

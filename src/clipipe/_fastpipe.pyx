@@ -146,14 +146,14 @@ cdef class _Pump:
             close(self.priv_w)
 
     def setup(self, int src, list fds, list drop, list hashes, counter, size_t bufsize,
-              bint close_sinks, object result):
+              bint close_sinks, object result, bint kernel):
         """Fill the C arrays; classify src and sinks."""
         cdef int i, n = len(fds)
         self.src, self.nsinks, self.bufsize, self.close_sinks = src, n, bufsize, close_sinks
         self.hashes = [h for _, h in hashes]
         self.nhash = len(hashes)
         self.result = result
-        self.splice_ok = self.tee_ok = 1
+        self.splice_ok = self.tee_ok = kernel
         self.bufobj = bytearray(bufsize)
         self.view = memoryview(self.bufobj)
         self.buf = self.bufobj
@@ -452,7 +452,7 @@ cdef class _Pump:
             npipe = 0
             for i in range(self.nsinks):
                 npipe += self.live[i] and self.ispipe[i]
-            if self.src_pipe or self.priv_level:
+            if (self.src_pipe and self.tee_ok) or self.priv_level:
                 self.mode = "tee"
                 r = self.tee_round()
             elif (self.splice_ok and self.nhash == 0 and nlive == 1
@@ -503,7 +503,7 @@ def os_pipe_size(int fd):
 
 
 def pump(src, sinks, *, checksums=(), counter=None, bufsize=DEFAULT_BUFSIZE, policy="fail",
-         close_sinks=True, pipe_size=DEFAULT_PIPE_SIZE):
+         close_sinks=True, pipe_size=DEFAULT_PIPE_SIZE, kernel=True):
     """Copy fd src to every fd in sinks until EOF, hashing and counting the same bytes."""
     fds, drop, hashes = check_args(sinks, checksums, policy, bufsize)
     t0 = time.monotonic()
@@ -519,7 +519,7 @@ def pump(src, sinks, *, checksums=(), counter=None, bufsize=DEFAULT_BUFSIZE, pol
                         grow_pipe(fd, pipe_size)
                 except OSError:
                     pass  # a bad sink fd is reported by setup()
-        p.setup(src, fds, drop, hashes, counter, bufsize, close_sinks, res)
+        p.setup(src, fds, drop, hashes, counter, bufsize, close_sinks, res, kernel)
         p.run()
         if p.ctr == NULL and counter is not None:
             counter.add(p.total)  # a twin Counter: no C field to bump, count once at the end

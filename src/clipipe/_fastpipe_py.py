@@ -237,13 +237,13 @@ class _Pump:
     """One pump run: the sinks' state and the copy loops."""
 
     def __init__(self, src: int, fds: list[int], drop: list[bool], hashes: list[tuple[str, Any]],
-                 counter: Counter | None, bufsize: int, close_sinks: bool) -> None:
+                 counter: Counter | None, bufsize: int, close_sinks: bool, kernel: bool) -> None:
         self.src, self.fds, self.drop, self.hashes = src, fds, drop, hashes
         self.counter, self.bufsize, self.close_sinks = counter, bufsize, close_sinks
         self.live = [True] * len(fds)
         self.result = PumpResult()
         self.stopped = False
-        self.splice_ok = True
+        self.splice_ok = kernel
 
     def sink_error(self, i: int, err: int) -> None:
         """Apply sink i's policy to an error: drop it, or stop the pump."""
@@ -353,13 +353,17 @@ class _Pump:
 def pump(src: int, sinks: Sequence[int], *, checksums: Sequence[str] = (),
          counter: Counter | None = None, bufsize: int = DEFAULT_BUFSIZE,
          policy: str | Sequence[str] = "fail", close_sinks: bool = True,
-         pipe_size: int = DEFAULT_PIPE_SIZE) -> PumpResult:
-    """Copy fd src to every fd in sinks until EOF, hashing and counting the same bytes."""
+         pipe_size: int = DEFAULT_PIPE_SIZE, kernel: bool = True) -> PumpResult:
+    """Copy fd src to every fd in sinks until EOF, hashing and counting the same bytes.
+
+    pipe_size: grow pipe ends to this many bytes (0: leave them); kernel=False: only the
+    read/write loop (no splice/tee), for measurement or for fds that misbehave with splice.
+    """
     fds, drop, hashes = check_args(sinks, checksums, policy, bufsize)
     t0 = time.monotonic()
     if counter is not None:
         counter.start()
-    p = _Pump(src, fds, drop, hashes, counter, bufsize, close_sinks)
+    p = _Pump(src, fds, drop, hashes, counter, bufsize, close_sinks, kernel)
     try:
         if pipe_size:
             for fd in [src, *fds]:
