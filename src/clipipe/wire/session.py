@@ -248,6 +248,8 @@ class AgentSession:
             self.protocol_errors.append(f"control frame kind {kind} without a map")
             return
         rid = payload.get("id")
+        if not isinstance(rid, int):
+            rid = -1  # unsolicited (boot HELLO) or not tied to a request
         if kind == HELLO and self._hello is not None and not self._hello.done():
             self._hello.set_result(payload)
         elif kind in (HELLO, PONG):
@@ -382,8 +384,8 @@ class AgentSession:
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
-            for ch in [stdin_ch, stdout_ch, *err_chs]:
-                self.mux.release(ch)
+            for chan in [stdin_ch, stdout_ch, *err_chs]:
+                self.mux.release(chan)
             self._segments.pop(rid, None)
             _close_fds(owned)
         stats.remote = {k: result.get(k) for k in ("stdin_bytes", "stdout_bytes", "stderr_bytes")}
