@@ -184,10 +184,10 @@ def build_plan(pipeline: Pipeline, *, default_context: str = "local",
                                     f"or a captured variable", mark=s.mark)
                 if ref in variables and variables[ref] != s.name:
                     edges.append(Edge(variables[ref], s.name, "variable"))
-    succ: dict[str, list[str]] = {n: [] for n in steps}
+    succ_set: dict[str, dict[str, None]] = {n: {} for n in steps}  # ordered sets: hubs stay O(1)
     for e in edges:
-        if e.dst not in succ[e.src]:
-            succ[e.src].append(e.dst)
+        succ_set[e.src][e.dst] = None
+    succ = {n: list(d) for n, d in succ_set.items()}
     cycle = find_cycle(steps, succ)
     if cycle:
         raise PlanError(f"dependency cycle: {' -> '.join(cycle)}", mark=steps[cycle[0]].mark)

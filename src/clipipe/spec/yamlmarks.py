@@ -63,7 +63,11 @@ def _mark(node: yaml.Node, file: str) -> Mark:
     return Mark(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-class _MarkedLoader(yaml.SafeLoader):
+#: libyaml's parser when PyYAML was built with it (5x faster on big files), else the pure-Python one.
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _MarkedLoader(_BaseLoader):  # type: ignore[valid-type,misc]
     """SafeLoader that wraps results in marked types."""
 
     filename = "<string>"
