@@ -283,10 +283,12 @@ def remote_matches(server, marker: str) -> list[str]:
     return [ln for ln in ps.stdout.splitlines() if marker in ln and "ps -u" not in ln]
 
 
-@pytest.mark.parametrize("plane", ["agent", "openssh"])
-def test_sigkilled_controller_leaves_nothing_on_target(sshd, plane):
+@pytest.mark.parametrize("plane, python", [("agent", "python3"), ("openssh", "python3"),
+                                           ("agent", "/nonexistent/python3")])
+def test_sigkilled_controller_leaves_nothing_on_target(sshd, plane, python):
+    """Agent path, OpenSSH mux path, and the no-Python raw-exec path."""
     marker = f"1000.{secrets.randbelow(10**6):06d}"
-    yaml = "contexts:\n" + sshd.contexts_yaml("h", data_plane=plane)
+    yaml = "contexts:\n" + sshd.contexts_yaml("h", data_plane=plane, python=python)
     script = CONTROLLER.format(src=SRC, yaml=yaml, cmd=f"sleep {marker}")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
     try:

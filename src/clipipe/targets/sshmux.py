@@ -203,6 +203,30 @@ def _pdeathsig() -> None:
         pass
 
 
+DIR_PREFIX = "clipipe-ssh-"
+
+
+def remove_stale_dirs() -> None:
+    """Delete control dirs left by controllers that were killed (their owner pid is gone)."""
+    base = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(DIR_PREFIX)]
+    except OSError:
+        return
+    for n in names:
+        d = os.path.join(base, n)
+        try:
+            with open(os.path.join(d, "owner")) as f:
+                pid = int(f.read().strip())
+            if os.stat(d).st_uid != os.getuid():
+                continue
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
+
+
 class OpenSSHMaster:
     """An OpenSSH ControlMaster (`ssh -M -N`) owned by this controller, and sessions through it."""
 
@@ -210,7 +234,10 @@ class OpenSSHMaster:
         self.base_args = base_args          #: every option but -S/-M and the destination
         self.dest = dest
         self.env = env
-        self.dir = tempfile.mkdtemp(prefix="clipipe-ssh-")
+        remove_stale_dirs()
+        self.dir = tempfile.mkdtemp(prefix=DIR_PREFIX)
+        with open(os.path.join(self.dir, "owner"), "w") as f:
+            f.write(str(os.getpid()))
         self.ctl = os.path.join(self.dir, "ctl")
         self.proc: subprocess.Popen[bytes] | None = None
         self.connect_seconds = 0.0
