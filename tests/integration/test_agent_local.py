@@ -310,6 +310,7 @@ def test_first_proc_stops_reading_and_the_feed_stops() -> None:
         outcomes, stats = await asyncio.wait_for(
             t.run_segment_detailed([ProcSpec("h", "head -c 10")], SegmentIO(r_in, w_out, [None])), 20)
         await asyncio.get_running_loop().run_in_executor(None, feeder.join, 10)
+        await asyncio.get_running_loop().run_in_executor(None, out.join, 10)  # read it all first
         return outcomes, bytes(out.data), stats, feeder.is_alive()
     outcomes, out, stats, feeder_alive = run(main)
     assert outcomes[0].ok and len(out) == 10 and not feeder_alive
