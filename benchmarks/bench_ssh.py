@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from clipipe.targets.base import ProcSpec, SegmentIO  # noqa: E402
-from clipipe.targets.contexts import parse_contexts  # noqa: E402
-from peers.sshd import new_keyset, remove_keyset, start_sshd  # noqa: E402
+from peers.sshd import new_keyset, remove_keyset, start_sshd
+
+from clipipe.targets.base import ProcSpec, SegmentIO
+from clipipe.targets.contexts import parse_contexts
 
 
 def best(times: list[float]) -> float:
@@ -106,7 +107,7 @@ def ssh_commands(server, n: int) -> float:
 
 
 def row(label: str, ours: float, theirs: float, size: int | None = None) -> str:
-    rate = lambda t: f"{size / t / 1e6:8.0f} MB/s" if size else ""  # noqa: E731
+    rate = lambda t: f"{size / t / 1e6:8.0f} MB/s" if size else ""
     return (f"{label:<56} clipipe {ours:7.3f}s {rate(ours)}   openssh {theirs:7.3f}s {rate(theirs)}"
             f"   ratio {theirs / ours:5.2f}x")
 
@@ -125,8 +126,7 @@ def main() -> None:
     path = os.path.join(data_dir, "data")
     try:
         with open(path, "wb") as f:
-            for _ in range(args.size_mib):
-                f.write(os.urandom(1 << 20))
+            f.writelines(os.urandom(1 << 20) for _ in range(args.size_mib))
         contexts_text = ("contexts:\n" + server.contexts_yaml("mux", data_plane="openssh")
                          + server.contexts_yaml("agent", data_plane="agent"))
         print(f"sshd {server.address} as {server.user}; {args.size_mib} MiB stream; "

@@ -3,15 +3,22 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peers.sshd import (KeySet, SSHServer, new_keyset, remove_keyset,  # noqa: E402
-                        sshd_available, start_fleet, start_sshd)
+from peers.sshd import (
+    KeySet,
+    SSHServer,
+    new_keyset,
+    remove_keyset,
+    sshd_available,
+    start_fleet,
+    start_sshd,
+)
 
 
 def _need_sshd() -> None:

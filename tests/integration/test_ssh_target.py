@@ -21,7 +21,6 @@ from clipipe.cli.context import context as context_cli
 from clipipe.errors import AuthError, HostKeyError, UnreachableError
 from clipipe.targets.base import ProcSpec, SegmentIO
 from clipipe.targets.contexts import Contexts, parse_contexts
-from clipipe.targets.ssh import SSHTarget
 
 pytestmark = pytest.mark.ssh
 
@@ -33,7 +32,7 @@ def contexts_for(*entries: str) -> Contexts:
     return parse_contexts("contexts:\n" + "".join(entries), "test-contexts.yaml")
 
 
-def run(coro):  # noqa: ANN001, ANN201 - tiny helper
+def run(coro):
     """Run a coroutine to completion."""
     return asyncio.run(coro)
 
@@ -59,7 +58,7 @@ class Collector(threading.Thread):
         self.data = read_all(self.fd)
 
 
-async def segment(target, commands: list[str], stdin: bytes | None = None):  # noqa: ANN001, ANN201
+async def segment(target, commands: list[str], stdin: bytes | None = None):
     """Run commands as one segment; return (outcomes, stdout, [stderr per proc])."""
     out_r, out_w = os.pipe()
     errs = [os.pipe() for _ in commands]

@@ -148,8 +148,7 @@ class SSHServer:
 def write_known_hosts(path: Path, servers: list[tuple[str, int]], host_pub: str) -> None:
     """known_hosts lines (`[host]:port key`) for each (host, port)."""
     with open(path, "a") as f:
-        for host, port in servers:
-            f.write(f"[{host}]:{port} {host_pub}\n")
+        f.writelines(f"[{host}]:{port} {host_pub}\n" for host, port in servers)
     os.chmod(path, 0o644)
 
 

@@ -112,7 +112,8 @@ def list_cmd(as_json: bool, timeout: float, no_check: bool) -> None:
                                "groups": contexts.groups}, indent=2))
         return
     headers = ("NAME", "TYPE", "DEFAULT", "STATUS")
-    table = [(r["name"], r["type"], "✓" if r["default"] else "", r["status"]) for r in rows]
+    table: list[tuple[str, str, str, str]] = [
+        (str(r["name"]), str(r["type"]), "✓" if r["default"] else "", str(r["status"])) for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers[:3])]
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers[:3], widths)) + "  " + headers[3])
     for row in table:

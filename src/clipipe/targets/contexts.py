@@ -128,7 +128,7 @@ def parse_contexts(text: str, source: str = "<string>") -> Contexts:
     file_mark = Mark(source)
     if doc is None:
         raise ContextError("contexts file is empty: it needs a `contexts:` mapping", mark=file_mark)
-    if not isinstance(doc, dict):
+    if not isinstance(doc, yamlmarks.MDict):
         raise ContextError("contexts file must be a mapping with a `contexts:` key",
                            mark=yamlmarks.mark_of(doc, file_mark))
     for key in doc:
@@ -136,7 +136,7 @@ def parse_contexts(text: str, source: str = "<string>") -> Contexts:
             raise ContextError(f"unknown top-level key {key!r}" + _suggest(key, TOP_LEVEL_KEYS),
                                mark=doc.key_marks.get(key, file_mark))
     entries = doc.get("contexts")
-    if not isinstance(entries, dict) or not entries:
+    if not isinstance(entries, yamlmarks.MDict) or not entries:
         raise ContextError("`contexts:` must be a non-empty mapping of name -> settings",
                            mark=doc.mark_of("contexts") if "contexts" in doc else doc.mark)
     defs: dict[str, ContextDef] = {}
@@ -158,7 +158,7 @@ def parse_contexts(text: str, source: str = "<string>") -> Contexts:
 
 def _parse_entry(name: str, body: Any, name_mark: Mark) -> ContextDef:
     """One `name: {type: ..., ...}` entry -> ContextDef."""
-    if not isinstance(body, dict):
+    if not isinstance(body, yamlmarks.MDict):
         raise ContextError(f"context {name!r} must be a mapping with at least `type:`",
                            mark=yamlmarks.mark_of(body, name_mark))
     kind = body.get("type")
@@ -182,7 +182,7 @@ def _parse_groups(raw: Any, defs: dict[str, ContextDef], mark: Mark | None) -> d
     """`groups: {name: [context, ...]}`; members are contexts, other groups or glob patterns."""
     if raw is None:
         return {}
-    if not isinstance(raw, dict):
+    if not isinstance(raw, yamlmarks.MDict):
         raise ContextError("`groups:` must be a mapping of group name -> list of context names", mark=mark)
     groups: dict[str, list[str]] = {}
     for gname, members in raw.items():

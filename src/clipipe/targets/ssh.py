@@ -19,16 +19,31 @@ import shlex
 import stat
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, AsyncIterator, Literal
+from typing import Any, Literal
 
 import asyncssh
 
 from clipipe.errors import AuthError, HostKeyError, TargetError, UnreachableError
-from clipipe.targets.base import ConnectInfo, ProcOutcome, ProcSpec, SegmentIO, StreamStats, register
-from clipipe.targets.sshmux import (FAST_CIPHER, OpenSSHMaster, StatusParser, StderrRouter,
-                                    new_nonce, remote_command, run_over_mux, segment_script)
-from clipipe.wire.bootstrap import boot_command
+from clipipe.targets.base import (
+    ConnectInfo,
+    ProcOutcome,
+    ProcSpec,
+    SegmentIO,
+    StreamStats,
+    register,
+)
+from clipipe.targets.sshmux import (
+    FAST_CIPHER,
+    OpenSSHMaster,
+    StatusParser,
+    StderrRouter,
+    new_nonce,
+    remote_command,
+    run_over_mux,
+    segment_script,
+)
 
 try:  # AgentTarget lands from the wire work; until then the agent path is unavailable
     from clipipe.targets.agent import AgentTarget
@@ -239,7 +254,7 @@ class _SSHCore:
     def map_connect_errors(self) -> Any:
         """Turn asyncssh/OS connect failures into UnreachableError, AuthError or HostKeyError."""
         s = self.settings
-        fmt = {"host": self.host, "port": self.port, "user": s.user or "USER",
+        fmt: dict[str, Any] = {"host": self.host, "port": self.port, "user": s.user or "USER",
                "known_hosts": _expand(s.known_hosts), "timeout": s.connect_timeout}
         try:
             yield
@@ -513,6 +528,7 @@ class SSHTarget(_SSHCore, _Base):
         _SSHCore.__init__(self, name, settings)
         self._boot: Any = None
         self.last_stats: StreamStats | None = None
+        self.transport_stderr: bytes = b""
 
     async def _spawn_transport(self) -> tuple[Any, Any, Any]:
         """Run the agent's boot command over an exec channel of the one asyncssh connection."""
@@ -547,13 +563,13 @@ class SSHTarget(_SSHCore, _Base):
             return
         try:
             await AgentTarget.open(self)
-        except (TargetError, OSError, EOFError, asyncio.IncompleteReadError) as exc:
+        except (TargetError, OSError, EOFError, asyncio.IncompleteReadError):
             status = await self._boot_status()
             err = self.transport_stderr.decode(errors="replace")
             if status in NO_PYTHON_STATUSES or "not found" in err or "No such file" in err:
                 self.warn_fallback(HINT_NO_PYTHON.format(python=self.settings.python, host=self.host))
                 return
-            raise exc
+            raise
         if self.connect_info is not None:
             self.info.agent = dict(self.connect_info.agent)
             self.info.transport = "asyncssh+agent"

@@ -25,8 +25,8 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from clipipe.targets.base import ProcOutcome, ProcSpec
 

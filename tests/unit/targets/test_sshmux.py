@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import subprocess
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from clipipe.targets.base import ProcSpec
 from clipipe.targets.sshmux import StatusParser, new_nonce, remote_command, segment_script
