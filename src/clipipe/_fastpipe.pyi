@@ -10,6 +10,7 @@ from clipipe._fastpipe_py import Snapshot as Snapshot
 from clipipe._fastpipe_py import hasher as hasher
 
 IMPLEMENTATION: str
+HAVE_EVP: bool  # hashing through OpenSSL EVP without the GIL (else hashlib objects)
 DEFAULT_BUFSIZE: int
 
 class Counter:
