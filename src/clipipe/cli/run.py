@@ -194,6 +194,9 @@ def _summary(record: dict[str, Any], console: Console, adhoc: bool) -> None:
         format_bytes = format_rate = str  # type: ignore[assignment]
 
     for st in record["streams"]:
+        if st.get("bytes_transferred") is None:
+            console.note(f"  stream {st['from']} → {', '.join(st['readers'])}: on {st.get('context')} (remote pipe)")
+            continue
         line = (f"  stream {st['from']} → {', '.join(st['readers'])}: {format_bytes(st['bytes_transferred'])}"
                 f" in {_fmt_duration(st.get('duration_ms'))}")
         if st.get("average_speed"):

@@ -64,6 +64,11 @@ class TargetPool:
         c = self.contexts()
         return c.default_name if c else "local"
 
+    def remote_names(self, names: set[str]) -> set[str]:
+        """Those of `names` whose context is not the local machine."""
+        c = self.contexts()
+        return {n for n in names if c and c.get(n).type != "local"}
+
     def check(self, name: str) -> None:
         """Raise ContextError if `name` is not a known context."""
         c = self.contexts()
@@ -162,7 +167,8 @@ def build_record(prep: Prepared, result: RunResult | None, pool: TargetPool, sta
 async def execute(prep: Prepared, pool: TargetPool, console: Console, opts: RunOptions,
                   progress: Any = None) -> RunResult:
     """Run the plan, stopping cleanly (every process group killed) on SIGINT/SIGTERM."""
-    runner = Runner(prep.plan, prep.values, pool.get, console, jobs=opts.jobs, progress=progress)
+    runner = Runner(prep.plan, prep.values, pool.get, console, jobs=opts.jobs, progress=progress,
+                    remote_contexts=pool.remote_names(set(prep.plan.contexts.values())))
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(runner.run())
     for sig in (signal.SIGTERM, signal.SIGHUP):

@@ -52,8 +52,10 @@ class Runner:
     """Runs one plan with given values on given targets."""
 
     def __init__(self, plan: Plan, values: dict[str, Any], targets: TargetGetter, console: Console, *,
-                 jobs: int = 8, progress: Any = None) -> None:
+                 jobs: int = 8, progress: Any = None, remote_contexts: set[str] | None = None) -> None:
         self.plan = plan
+        #: contexts where consecutive piped steps run as one segment, joined by the remote's own pipes
+        self.remote_contexts = remote_contexts or set()
         self.values = dict(values)
         self.targets = targets
         self.console = console
@@ -185,8 +187,9 @@ class Runner:
         branch_of: dict[str, Branch] = {}
         procs: dict[str, Proc] = {}
         pumps: dict[str, Pump] = {}
+        merged = self._merges(steps)
         for s in steps:
-            if s.name in self.plan.consumers:
+            if s.name in self.plan.consumers and s.name not in merged.values():
                 self._stream_seq += 1
                 readers = self.plan.consumers[s.name]
                 kind = "tee" if any(self.plan.steps[c].type == "tee" for c in readers) else (
@@ -199,9 +202,15 @@ class Runner:
                 continue
             p = Proc(key=s.name, context=self.plan.contexts[s.name], spec=self._spec(s.name, s.command or "", s))
             self.records[s.name].command = p.spec.command
-            if s.name in self.plan.producer_of:
+            if s.name in merged:  # joined to its producer on the remote host: no controller fds between
+                procs[merged[s.name]].downstream.append(s.name)
+                w.segment_of[s.name] = w.segment_of[merged[s.name]]
+            elif s.name in self.plan.producer_of:
                 p.stdin = pumps[self.plan.producer_of[s.name]].add_sink(s.name)
-            if s.name in pumps:
+            w.segment_of.setdefault(s.name, s.name)
+            if s.name in merged.values():
+                pass  # its stdout is the next step's stdin, on the remote host
+            elif s.name in pumps:
                 r, wfd = os.pipe()
                 pumps[s.name].src = r
                 p.stdout = wfd
@@ -215,6 +224,26 @@ class Runner:
         w.procs = list(procs.values())
         w.pumps = list(pumps.values())
         return w, branch_of
+
+    def _merges(self, steps: list[Step]) -> dict[str, str]:
+        """consumer -> producer for plain pipes between two command steps on the same remote context."""
+        out: dict[str, str] = {}
+        for s in steps:
+            prod = self.plan.producer_of.get(s.name)
+            if prod is None or s.type != "command":
+                continue
+            ctx = self.plan.contexts[s.name]
+            order = [x.name for x in steps]
+            if (ctx in self.remote_contexts and self.plan.contexts[prod] == ctx
+                    and order.index(prod) < order.index(s.name)
+                    and self.plan.consumers.get(prod) == [s.name] and self.plan.steps[prod].type == "command"):
+                out[s.name] = prod
+                self._stream_seq += 1
+                self.streams.append({"id": f"str-{self._stream_seq:03d}", "type": "remote-pipe", "from": prod,
+                                     "to": [s.name], "readers": [s.name], "context": ctx,
+                                     "bytes_transferred": None,
+                                     "note": "joined on the remote host; bytes not counted"})
+        return out
 
     def _wire_tee(self, tee: Step, pump: Pump, w: Wiring, procs: dict[str, Proc],
                   branch_of: dict[str, Branch]) -> None:
@@ -258,15 +287,16 @@ class Runner:
                 procs[k] = p
                 prev = p
 
-    async def _start(self, proc: Proc) -> ProcOutcome:
+    async def _start(self, seg: list[Proc]) -> list[ProcOutcome]:
+        """Run a segment (one proc, or several piped on one remote context) on its target."""
         try:
-            target = await self.targets(proc.context)
+            target = await self.targets(seg[0].context)
         except ClipipeError as exc:
-            for fd in (proc.stdin, proc.stdout, proc.stderr):
-                close_fd(fd)
-            return ProcOutcome(name=proc.key, error=str(exc), started=time.time(), ended=time.time())
-        outcomes = await target.run_segment([proc.spec], segment_io(proc))
-        return outcomes[0]
+            for proc in seg:
+                for fd in (proc.stdin, proc.stdout, proc.stderr):
+                    close_fd(fd)
+            return [ProcOutcome(name=p.key, error=str(exc), started=time.time(), ended=time.time()) for p in seg]
+        return await target.run_segment([p.spec for p in seg], segment_io(seg))
 
     async def _attempt(self, steps: list[Step]) -> None:
         """Start the group's processes and pumps, wait, and judge the outcome."""
@@ -277,7 +307,7 @@ class Runner:
         started = time.time()
         for s in steps:
             self.records[s.name].started = started
-        proc_tasks = {asyncio.ensure_future(self._start(p)): p for p in w.procs}
+        proc_tasks = {asyncio.ensure_future(self._start(seg)): seg for seg in w.segments()}
         pump_tasks = {asyncio.ensure_future(self._pump(p)): p for p in w.pumps}
         readers = asyncio.ensure_future(asyncio.gather(*(r.run() for r in w.readers)))
         blame: tuple[str, str] | None = None
@@ -287,10 +317,10 @@ class Runner:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
                     if t in proc_tasks:
-                        proc = proc_tasks[t]
-                        proc.outcome = t.result()
-                        if not proc.outcome.ok and not self._maybe_sigpipe(proc.outcome):
-                            blame = (self._step_of(proc.key), self._describe_failure(proc, w))
+                        for proc, outcome in zip(proc_tasks[t], t.result()):
+                            proc.outcome = outcome
+                            if blame is None and not outcome.ok and not self._maybe_sigpipe(outcome):
+                                blame = (self._step_of(proc.key), self._describe_failure(proc, w))
                     else:
                         pump = pump_tasks[t]
                         exc = t.exception()
@@ -307,9 +337,10 @@ class Runner:
                 await asyncio.gather(*proc_tasks, return_exceptions=True)
                 w.close_all()
                 await asyncio.gather(*pump_tasks, return_exceptions=True)
-            for t, p in proc_tasks.items():
-                if p.outcome is None and t.done() and not t.cancelled() and t.exception() is None:
-                    p.outcome = t.result()
+            for t, seg in proc_tasks.items():
+                if t.done() and not t.cancelled() and t.exception() is None:
+                    for p, outcome in zip(seg, t.result()):
+                        p.outcome = p.outcome or outcome
             await readers
         except asyncio.CancelledError:
             for t in proc_tasks:

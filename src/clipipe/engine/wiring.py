@@ -112,6 +112,14 @@ class Wiring:
     captures: dict[str, Capture] = field(default_factory=dict)  #: variable name -> capture
     sinks: list[Sink] = field(default_factory=list)
     loose_fds: list[int] = field(default_factory=list)
+    segment_of: dict[str, str] = field(default_factory=dict)  #: proc key -> key of its segment's first proc
+
+    def segments(self) -> list[list[Proc]]:
+        """Procs grouped into segments (one target call each), in order."""
+        by_first: dict[str, list[Proc]] = {}
+        for p in self.procs:
+            by_first.setdefault(self.segment_of.get(p.key, p.key), []).append(p)
+        return list(by_first.values())
 
     def output_fd(self, key: str, output: str | None, console: Console, *, prefix: str | None,
                   direct: bool) -> int | None:
@@ -161,6 +169,6 @@ async def run_readers(readers: list[Any]) -> None:
 RunProc = Callable[[Proc], Awaitable[ProcOutcome]]
 
 
-def segment_io(proc: Proc) -> SegmentIO:
-    """The fds a target gets for one process (it owns and closes them)."""
-    return SegmentIO(stdin=proc.stdin, stdout=proc.stdout, stderr=[proc.stderr])
+def segment_io(seg: list[Proc]) -> SegmentIO:
+    """The fds a target gets for a segment (it owns and closes them)."""
+    return SegmentIO(stdin=seg[0].stdin, stdout=seg[-1].stdout, stderr=[p.stderr for p in seg])

@@ -1,0 +1,77 @@
+"""Pipelines across contexts through the real `clipipe` command and real sshd: local → ssh → ssh."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from tests.conftest import write
+
+
+def contexts_file(tmp_path, *servers_and_names, **settings):
+    body = "contexts:\n  local:\n    type: local\n    default: true\n"
+    for server, name in servers_and_names:
+        body += server.contexts_yaml(name, **settings)
+    return write(tmp_path / "contexts.yaml", body)
+
+
+@pytest.mark.parametrize("plane", ["openssh", "agent"])
+def test_cross_context_stream_local_ssh_ssh(clipipe, tmp_path, sshd, sshd_fresh, plane):
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(8 * 1024 * 1024 + 5))
+    remote_out = f"/tmp/clipipe-xctx-{plane}-{os.getpid()}.gz"
+    ctx = contexts_file(tmp_path, (sshd, "web"), (sshd_fresh, "backup"), data_plane=plane)
+    pipe = write(tmp_path / "p.yaml", f"""
+name: cross-context-backup
+steps:
+  - {{name: extract, context: local, command: "cat {data}", output: stream}}
+  - {{name: compress, context: web, command: "gzip -1", input: pipe, output: stream}}
+  - {{name: save, context: backup, command: "cat > {remote_out}", input: pipe}}
+  - {{name: verify, context: backup, command: "gzip -dc {remote_out} | sha256sum", depends_on: save,
+     output: "variable:remote_sum"}}
+  - {{name: clean, context: backup, command: "rm -f {remote_out}", depends_on: verify}}
+""")
+    res = clipipe("--contexts", str(ctx), "run", str(pipe))
+    assert res.code == 0, res
+    rec = json.loads(clipipe("ops", "list", "--json", "-n", "1").out.splitlines()[0])
+    assert rec["variables"]["remote_sum"].split()[0] == hashlib.sha256(data.read_bytes()).hexdigest()
+    used = {c["name"]: c for c in rec["contexts_used"]}
+    assert set(used) == {"local", "web", "backup"}
+    assert used["web"]["connection_time_ms"] >= 0 and used["web"]["steps"] == ["compress"]
+
+
+def test_piped_steps_on_one_host_run_as_one_segment(clipipe, tmp_path, sshd):
+    ctx = contexts_file(tmp_path, (sshd, "web"))
+    pipe = write(tmp_path / "p.yaml", """
+steps:
+  - {name: gen, context: web, command: "seq 1 200000", output: stream}
+  - {name: filter, context: web, command: "grep 7", input: pipe, output: stream}
+  - {name: count, context: web, command: "wc -l", input: pipe, output: "variable:n"}
+  - {name: show, command: "echo n={{.n}}"}
+""")
+    res = clipipe("--contexts", str(ctx), "run", str(pipe))
+    assert res.code == 0, res
+    expected = sum(1 for i in range(1, 200001) if "7" in str(i))
+    assert f"n={expected}" in res.out
+    rec = json.loads(clipipe("ops", "list", "--json", "-n", "1").out.splitlines()[0])
+    assert [s["type"] for s in rec["streams"]] == ["remote-pipe", "remote-pipe"]
+
+
+def test_adhoc_on_an_ssh_context_and_failure_exit_codes(clipipe, tmp_path, sshd):
+    ctx = contexts_file(tmp_path, (sshd, "web"))
+    res = clipipe("--contexts", str(ctx), "run", "-c", "web", "echo on $(hostname) as $(id -un)")
+    assert res.code == 0, res
+    assert f"as {sshd.user}" in res.out
+    assert clipipe("--contexts", str(ctx), "run", "-c", "web", "exit 5").code == 1
+    res = clipipe("--contexts", str(ctx), "run", "-c", "nope", "true")
+    assert res.code == 2 and "unknown context 'nope'" in res.err
+
+
+def test_unreachable_context_exits_3(clipipe, tmp_path, sshd):
+    body = "contexts:\n" + sshd.contexts_yaml("dead", port=1, connect_timeout=3)
+    ctx = write(tmp_path / "contexts.yaml", body)
+    res = clipipe("--contexts", str(ctx), "run", "-c", "dead", "true")
+    assert res.code == 3, res
+    assert "Traceback" not in res.err
