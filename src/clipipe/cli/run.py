@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,12 @@ import click
 from clipipe.cli.params import describe_params, split_param_args
 from clipipe.engine.operation import (RunOptions, TargetPool, build_record, execute, open_store,
                                       prepare)
+from clipipe.engine.fleet import DEFAULT_FORKS, OUTPUT_MODES, make_pool
 from clipipe.engine.output import Console
 from clipipe.engine.record import new_op_id
 from clipipe.errors import ClipipeError, SpecError, UserError
 from clipipe.spec import parse
+from clipipe.targets.selection import select
 
 EXIT_FAILED = 1
 
@@ -34,8 +37,19 @@ Examples:
   clipipe run -c prod-server "uptime"
   clipipe run pipeline.yaml --dry-run
 
-Exit status: 0 when every step succeeded, 1 when a step failed, 2 for bad input,
-3 when a target could not be reached, 130 when interrupted.
+
+Fleets: when -c selects several contexts, the run goes to all of them,
+--forks at a time, each output line shown as `host | line` (--output):
+  clipipe run -c webservers "uptime"
+  clipipe run -c 'web-*,!web-3' --forks 50 pipeline.yaml
+  clipipe run -c all --inventory hosts.ini --limit db "df -h /"
+-c takes a context, a group, a glob, a comma list or `all`; `!X` excludes.
+
+
+Exit status: 0 when every step succeeded (on every host), 1 when a step failed
+(on some host), 2 for bad input, 3 when a target could not be reached (in a
+fleet: some host unreachable, none failed), 4 in a fleet when some hosts failed
+and others were unreachable, 130 when interrupted.
 """
 
 
@@ -47,8 +61,17 @@ def is_pipeline_file(arg: str) -> bool:
 @click.command(help=RUN_HELP, add_help_option=False,
                context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("target_arg", metavar="PIPELINE|COMMAND", required=False)
-@click.option("-c", "--context", "context", metavar="CONTEXT", help="Context to run on (default: the "
-              "contexts.yaml default, else local).")
+@click.option("-c", "--context", "context", metavar="TARGETS", help="Context(s) to run on: a context, a "
+              "group, a glob, a comma list, `all`; `!X` excludes (default: the contexts.yaml default, else "
+              "local). Several make a fleet run.")
+@click.option("--limit", metavar="TARGETS", help="Only the contexts -c selects that this also selects.")
+@click.option("-i", "--inventory", "inventories", metavar="FILE", multiple=True,
+              help="Ansible inventory (INI or YAML) whose hosts and groups become contexts; repeatable.")
+@click.option("-f", "--forks", type=click.IntRange(1, 4096), default=DEFAULT_FORKS, show_default=True,
+              help="Fleet runs: how many hosts at once.")
+@click.option("--output", "output_mode", type=click.Choice(list(OUTPUT_MODES)), default="prefix",
+              show_default=True, help="Fleet runs: `host | line` live, each host's output as one block "
+              "when it ends (identical outputs folded), or one JSON object per host at the end.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 1024), default=8, show_default=True,
               help="How many steps may run at once.")
 @click.option("-q", "--quiet", is_flag=True, help="No status lines and no progress; only the steps' output.")
@@ -59,7 +82,8 @@ def is_pipeline_file(arg: str) -> bool:
               "(steps' output goes to stderr).")
 @click.option("-h", "--help", "show_help", is_flag=True, help="Show this message (with a PIPELINE: its params).")
 @click.pass_context
-def run(ctx: click.Context, target_arg: str | None, context: str | None, jobs: int, quiet: bool,
+def run(ctx: click.Context, target_arg: str | None, context: str | None, limit: str | None,
+        inventories: tuple[str, ...], forks: int, output_mode: str, jobs: int, quiet: bool,
         progress: str, dry_run: bool, as_json: bool, show_help: bool) -> int:
     """Run a pipeline file or an ad-hoc command."""
     root = ctx.find_root().obj or {}
@@ -89,11 +113,19 @@ def run(ctx: click.Context, target_arg: str | None, context: str | None, jobs: i
                             "(quote the whole command: clipipe run \"ls -l /tmp\")")
         pipeline = parse.adhoc_pipeline(target_arg)
         given = {}
-    return _run_commands(pipeline, given, opts, as_json)
+    pool = make_pool(opts.contexts_path, inventories)
+    if context is not None or limit is not None:
+        hosts = select(pool.contexts(), context or "all", limit)
+        if len(hosts) > 1:
+            fopts = FleetOptions(hosts, context or "all", limit, forks, output_mode)
+            return _run_fleet(pipeline, given, pool, opts, fopts, as_json)
+        opts.context = hosts[0]
+    return _run_commands(pipeline, given, opts, as_json, pool)
 
 
-def _run_commands(pipeline: Any, given: dict[str, Any], opts: RunOptions, as_json: bool) -> int:
-    pool = TargetPool(opts.contexts_path)
+def _run_commands(pipeline: Any, given: dict[str, Any], opts: RunOptions, as_json: bool,
+                  pool: TargetPool | None = None) -> int:
+    pool = pool or TargetPool(opts.contexts_path)
     prep = prepare(pipeline, given, pool, opts.context)
     if opts.dry_run:
         _dry_run(prep)
@@ -168,6 +200,21 @@ def _fmt_duration(ms_: int | None) -> str:
     return f"{s:.1f}s" if s < 60 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
+_COMPRESSORS = ("gzip", "pigz", "zstd", "xz", "bzip2", "pbzip2", "lz4", "brotli", "lzop")
+
+
+def _is_compressor(command: str) -> bool:
+    """True if a command starts with a compressor (and is not decompressing)."""
+    words = command.split()
+    return bool(words) and words[0].rsplit("/", 1)[-1] in _COMPRESSORS and "-d" not in words[1:]
+
+
+def _fmt_bytes(n: int) -> str:
+    from clipipe.progress import format_bytes
+
+    return format_bytes(n)
+
+
 def _summary(record: dict[str, Any], console: Console, adhoc: bool) -> None:
     """Status per step, checksums and sizes, the verdict."""
     from clipipe.engine.output import Console as _C  # noqa: F401 - keeps the import local and cheap
@@ -188,10 +235,10 @@ def _summary(record: dict[str, Any], console: Console, adhoc: bool) -> None:
         for b in s.get("branches", []):
             if b.get("result"):
                 console.note(f"    ✓ {b['name']}: {b.get('algorithm', '')} {b['result']}")
-    try:
-        from clipipe.progress import format_bytes, format_rate
-    except ImportError:  # the display module is optional at this layer
-        format_bytes = format_rate = str  # type: ignore[assignment]
+            if b.get("ratio") is not None and _is_compressor(b.get("stage") or ""):
+                console.note(f"    ✓ {b['name']}: {_fmt_bytes(b['bytes_in'])} compressed to "
+                             f"{_fmt_bytes(b['bytes_out'])} ({100 * (1 - b['ratio']):.0f}% reduction)")
+    from clipipe.progress import format_bytes, format_rate
 
     for st in record["streams"]:
         if st.get("bytes_transferred") is None:
@@ -275,3 +322,51 @@ def _run_records(doc: Any, path: str, extra: list[str], opts: RunOptions, as_jso
     if as_json:
         click.echo(json.dumps(record, indent=2, default=str))
     return 0
+
+
+@dataclass
+class FleetOptions:
+    """What the fleet-only options said."""
+
+    hosts: list[str]
+    selection: str
+    limit: str | None
+    forks: int
+    output: str
+
+
+def _run_fleet(pipeline: Any, given: dict[str, Any], pool: TargetPool, opts: RunOptions,
+               fopts: FleetOptions, as_json: bool) -> int:
+    """The same pipeline or command on every selected host; a summary; the fleet exit status."""
+    from clipipe.cli import fleetview
+    from clipipe.engine.fleet import Fleet, FleetPool, exit_code, fleet_record
+
+    if not isinstance(pool, FleetPool):
+        pool = FleetPool(pool.contexts(), opts.contexts_path)
+    adhoc = pipeline.path == "<command line>"
+    console = Console(out=sys.stderr if as_json else sys.stdout, err=sys.stderr)
+    fleet = Fleet(pipeline, given, fopts.hosts, pool, console, forks=fopts.forks, mode=fopts.output,
+                  jobs=opts.jobs, adhoc=adhoc)
+    console.scrub = fleet.prep.scrub
+    if opts.dry_run:
+        for line in fleetview.dry_run_lines(fopts.hosts, pipeline.steps[0].command if adhoc else None):
+            click.echo(line)
+        _dry_run(fleet.prep)
+        return 0
+    if not opts.quiet and not as_json:
+        what = f"command {pipeline.steps[0].command!r}" if adhoc else f"pipeline {pipeline.name}"
+        console.note(f"Operation ID: {fleet.op_id}: {what} on {len(fopts.hosts)} hosts, "
+                     f"forks {fopts.forks}")
+    store = open_store()
+    result = asyncio.run(fleet.run())
+    record = fleet_record(fleet, result, fopts.selection, fopts.limit)
+    store.save_op(record)
+    if fopts.output == "json":
+        fleetview.write_json_lines(result, sys.stderr if as_json else sys.stdout)
+    if as_json:
+        click.echo(json.dumps(record, indent=2, default=str))
+    elif not opts.quiet:
+        lines = fleetview.summary_lines(result, fleet.op_id)
+        recap = fleetview.recap_lines(result)
+        console.block([""] + lines + ([""] + recap if recap else []), err=True)
+    return exit_code(result)

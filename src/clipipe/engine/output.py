@@ -26,6 +26,7 @@ class Console:
         self.scrub = scrub
         self._lock = threading.Lock()
         self.prefix_width = 0
+        self.host_width = 0          #: width of host names in a fleet run's `host | line` output
 
     def line(self, text: str, *, prefix: str | None = None, err: bool = False) -> None:
         """Write one line (newline added), with `[prefix] ` when given."""
@@ -40,6 +41,18 @@ class Console:
     def note(self, text: str) -> None:
         """A status line of clipipe itself (stderr)."""
         self.line(text, err=True)
+
+    def host_line(self, host: str, text: str, *, err: bool = False) -> None:
+        """A fleet run's live line: `host | text`, the host padded to `host_width`."""
+        self.line(f"{host.ljust(self.host_width)} | {text}", err=err)
+
+    def block(self, lines: list[str], *, err: bool = False) -> None:
+        """Several lines written together (no other host's line lands in between)."""
+        stream = self.err if err else self.out
+        text = "".join(self.scrub(x) + "\n" for x in lines)
+        with self._lock:
+            stream.write(text)
+            stream.flush()
 
 
 async def _read_chunks(fd: int) -> "asyncio.StreamReader":

@@ -1,0 +1,90 @@
+"""One shell command over a target's own connection, without the agent: the fleet's ad-hoc path.
+
+An ad-hoc fleet command (`clipipe run -c web "uptime"`) is one process per host whose output is shown
+line by line: nothing for the agent to do near the data (no pipes between steps, no checksums). Booting
+it costs each host a Python start (measured: 10 loopback hosts 0.8 s with the agent, 0.3 s with a
+plain exec channel; 50 hosts 3.3 s vs 1.4 s on 2 vCPUs), so the fleet runs such commands on an exec
+channel of the target's one asyncssh connection and keeps the agent for pipelines.
+
+`supports_plain(target)` says whether a target offers this; the others run through `run_segment`.
+asyncssh errors are mapped here, once, to TargetError subclasses.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal as _signal
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import asyncssh
+
+from clipipe.errors import TargetError, UnreachableError
+
+#: Read size for the exec channel's stdout and stderr.
+READ_SIZE = 64 * 1024
+
+OnData = Callable[[bytes, bool], None]          #: (chunk, is_stderr)
+
+
+@dataclass
+class PlainResult:
+    """How a plain command ended."""
+
+    exit_code: int | None
+    signal: int | None = None
+
+
+def supports_plain(target: Any) -> bool:
+    """True when the target can run a plain command over its connection (ssh targets)."""
+    return callable(getattr(target, "connect", None)) and callable(getattr(target, "map_connect_errors", None))
+
+
+async def connect(target: Any) -> None:
+    """Open the target's connection only (no agent); raises TargetError subclasses."""
+    await target.connect()
+
+
+async def run_plain(target: Any, command: str, on_data: OnData) -> PlainResult:
+    """Run `command` on the target; stream stdout/stderr chunks to on_data; a lost connection raises."""
+    conn = await target.connect()
+    name = getattr(target, "name", None)
+    proc = None
+    try:
+        proc = await conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
+        await asyncio.gather(_pump(proc.stdout, on_data, False), _pump(proc.stderr, on_data, True))
+        await proc.wait(check=False)
+    except asyncio.CancelledError:
+        if proc is not None:
+            with contextlib.suppress(Exception):
+                proc.send_signal("KILL")
+            proc.close()
+        raise
+    except (asyncssh.Error, OSError, EOFError) as exc:
+        raise UnreachableError(f"connection lost while running: {_why(exc)}", target=name) from exc
+    if proc.exit_status is None and proc.exit_signal is None:
+        raise UnreachableError("connection lost while running (no exit status)", target=name)
+    if proc.exit_signal is not None:
+        signame = proc.exit_signal[0]
+        num = getattr(_signal, f"SIG{signame}", None)
+        return PlainResult(None, int(num) if num is not None else -1)
+    status = proc.exit_status
+    if status is not None and status < 0:   # asyncssh's "no status" marker after a signal
+        return PlainResult(None, -1)
+    return PlainResult(status)
+
+
+async def _pump(reader: Any, on_data: OnData, err: bool) -> None:
+    while True:
+        chunk = await reader.read(READ_SIZE)
+        if not chunk:
+            return
+        on_data(chunk, err)
+
+
+def _why(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason or exc or type(exc).__name__)
+
+
+__all__ = ["PlainResult", "TargetError", "connect", "run_plain", "supports_plain"]
