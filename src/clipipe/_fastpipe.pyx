@@ -239,7 +239,7 @@ cdef class _Pump:
         """Fill the C arrays; classify src and sinks; open the digests."""
         cdef int i, n = len(fds)
         cdef void *ctx
-        self.src, self.nsinks, self.bufsize, self.close_sinks = src, n, bufsize, close_sinks
+        self.src, self.bufsize, self.close_sinks = src, bufsize, close_sinks
         self.splice_ok = self.tee_ok = kernel
         self.bufobj = bytearray(bufsize)
         self.view = memoryview(self.bufobj)
@@ -265,11 +265,12 @@ cdef class _Pump:
             else:
                 self.pyhashes.append((name, h))
         self.npyhash = len(self.pyhashes)
-        self.src_pipe = is_pipe(src)  # raises OSError for a bad src, as it should
         for i in range(n):
             self.fds[i] = fds[i]
             self.live[i] = 1
             self.drop[i] = drop[i]
+        self.nsinks = n  # only now may close_all() look at fds
+        self.src_pipe = is_pipe(src)  # raises OSError for a bad src, as it should
         for i in range(n):  # after all are live, so a bad first sink doesn't look like the last
             try:
                 self.ispipe[i] = is_pipe(fds[i])

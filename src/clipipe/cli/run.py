@@ -176,10 +176,8 @@ def _run_commands(pipeline: Any, given: dict[str, Any], opts: RunOptions, as_jso
 def _exit_for(result: Any) -> int:
     """1 for a failed step; 3 when the failure was an unreachable target."""
     if result is not None:
-        for name in result.failed:
-            err = result.steps[name].error or ""
-            if result.steps[name].exit_code is None and result.steps[name].signal is None and err:
-                return 3
+        if any(result.steps[name].unreachable for name in result.failed):
+            return 3
     return EXIT_FAILED
 
 

@@ -42,6 +42,7 @@ class StepRecord:
     error: str | None = None
     stderr_tail: list[str] = field(default_factory=list)
     ignored: bool = False        #: failed under on_error: continue
+    unreachable: bool = False    #: its context could not be reached
     note: str | None = None      #: e.g. "stopped early by its reader (SIGPIPE)"
     branches: list[dict[str, Any]] = field(default_factory=list)
 
@@ -61,6 +62,8 @@ class StepRecord:
             d["stderr_tail"] = [scrub(x) for x in self.stderr_tail]
         if self.ignored:
             d["ignored"] = True
+        if self.unreachable:
+            d["unreachable"] = True
         if self.note:
             d["note"] = self.note
         if self.branches:

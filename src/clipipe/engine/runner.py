@@ -196,6 +196,9 @@ class Runner:
                     "fanout" if len(readers) > 1 else "pipe")
                 pumps[s.name] = Pump(id=f"str-{self._stream_seq:03d}", producer=s.name, src=-1,
                                      kind=kind, counter=fastpipe.Counter())
+        if self.progress is not None:
+            for pname, pump in pumps.items():
+                self.progress.add(pname, pump.counter)
         for s in steps:
             if s.type == "tee":
                 self._wire_tee(s, pumps[self.plan.producer_of[s.name]], w, procs, branch_of)
@@ -222,7 +225,7 @@ class Runner:
             p.stderr = w.stderr_fd(s.name, self.console, prefix=self._prefix(s.name))
             procs[s.name] = p
         w.procs = list(procs.values())
-        w.pumps = list(pumps.values())
+        w.pumps = list(pumps.values()) + w.pumps  # plus the links between a tee branch's steps
         return w, branch_of
 
     def _merges(self, steps: list[Step]) -> dict[str, str]:
@@ -265,8 +268,6 @@ class Runner:
                         pump.counter.total = int(float(size))
                     except ValueError:
                         self.console.note(f"warning: {key}: size {size!r} is not a number of bytes")
-                if self.progress is not None:
-                    self.progress.add(tee.name, pump.counter)
                 continue
             chain = [(key, b.command or "", b.output, b.context)] if b.kind == "command" else [
                 (f"{key}/{ns.name}", ns.command or "", ns.output, ns.context or b.context) for ns in b.steps]
@@ -277,10 +278,17 @@ class Runner:
                     p.stdin = pump.add_sink(k, b.on_exit)
                 else:
                     assert prev is not None
-                    r, wfd = os.pipe()
-                    prev.stdout = wfd
                     prev.downstream.append(k)
-                    p.stdin = r
+                    if p.context == prev.context and p.context in self.remote_contexts:
+                        w.segment_of[k] = w.segment_of.get(prev.key, prev.key)  # piped on the remote host
+                    else:  # through a counting pump: sizes per stage (compression ratio) in the record
+                        self._stream_seq += 1
+                        link = Pump(id=f"str-{self._stream_seq:03d}", producer=prev.key, src=-1,
+                                    counter=fastpipe.Counter())
+                        link.src, prev.stdout = os.pipe()
+                        prev.feeds_pump = link
+                        p.stdin = link.add_sink(k)
+                        w.pumps.append(link)
                 if i == len(chain) - 1:
                     p.stdout = w.output_fd(k, output, self.console, prefix=self._prefix(k), direct=False)
                 p.stderr = w.stderr_fd(k, self.console, prefix=self._prefix(k))
@@ -292,6 +300,9 @@ class Runner:
         try:
             target = await self.targets(seg[0].context)
         except ClipipeError as exc:
+            if isinstance(exc, TargetError):
+                for proc in seg:
+                    self.records[self._step_of(proc.key)].unreachable = True
             for proc in seg:
                 for fd in (proc.stdin, proc.stdout, proc.stderr):
                     close_fd(fd)
@@ -476,13 +487,20 @@ class Runner:
                         entry["status"] = "dropped"
                 if b.output and b.output.startswith("variable:"):
                     entry["variable"] = b.output.split(":", 1)[1]
+                if b.kind == "steps" and pump and pump.result:
+                    first = next((p for p in w.pumps if p.producer == f"{key}/{b.steps[0].name}"), None)
+                    if first is not None and first.result is not None:
+                        entry["bytes_in"], entry["bytes_out"] = pump.result.bytes, first.result.bytes
+                        entry["stage"] = b.steps[0].command
+                        if pump.result.bytes:
+                            entry["ratio"] = round(first.result.bytes / pump.result.bytes, 4)
             out.append(entry)
         return out
 
     def _record_stream(self, pump: Pump, w: Wiring, branch_of: dict[str, Branch]) -> None:
         r = pump.result
         snap = pump.counter.snapshot() if pump.counter else None
-        readers = list(dict.fromkeys(self._step_of(k) if k not in branch_of else k for k in pump.sink_keys))
+        readers = list(dict.fromkeys(pump.sink_keys))
         entry: dict[str, Any] = {
             "id": pump.id, "type": pump.kind, "from": pump.producer,
             "to": self.plan.consumers.get(pump.producer, []),
