@@ -279,3 +279,26 @@ steps:
     assert (tmp_path / "n").read_text().strip() == "1073741824"
     # The controller copies 1 GiB yet stays at interpreter size: far below the stream's size.
     assert max_rss_kib < 150 * 1024, max_rss_kib
+
+
+def test_sigint_stops_every_process_group(tmp_path):
+    import signal as sig
+
+    pipe = write(tmp_path / "p.yaml", f"""
+steps:
+  - {{name: a, run: "echo $$ > {tmp_path}/a.pid; sleep 300"}}
+  - {{name: b, run: "sh -c 'echo $$ > {tmp_path}/b.pid; sleep 300' | cat"}}
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "clipipe", "run", str(pipe)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not ((tmp_path / "a.pid").exists() and (tmp_path / "b.pid").exists()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    pids = [int((tmp_path / f"{n}.pid").read_text()) for n in "ab"]
+    proc.send_signal(sig.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    time.sleep(0.2)
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
