@@ -103,7 +103,7 @@ class Inventory:
         ungrouped = self.group("ungrouped", Mark(self.source))
         in_group = {h for g in self.groups.values() if g.name not in ("all", "ungrouped") for h in g.hosts}
         for h in self.hosts:
-            if h not in in_group and h not in ungrouped.hosts and h not in top.hosts:
+            if h not in in_group and h not in ungrouped.hosts:
                 ungrouped.hosts.append(h)
         children = {c for g in self.groups.values() for c in g.children}
         for g in self.groups.values():
@@ -139,12 +139,13 @@ class Inventory:
 
     def members(self, group: str) -> list[str]:
         """Hosts of `group` and of its descendants, in file order, without duplicates."""
-        out: list[str] = []
-        g = self.groups[group]
-        out.extend(g.hosts)
-        for c in g.children:
-            out.extend(self.members(c))
-        return list(dict.fromkeys(out))
+        found: set[str] = set()
+        todo = [group]
+        while todo:
+            g = self.groups[todo.pop()]
+            found.update(g.hosts)
+            todo.extend(g.children)
+        return [h for h in self.hosts if h in found]
 
     def host_vars(self, name: str) -> dict[str, Any]:
         """The effective variables of host `name` (see the module docstring for precedence)."""
@@ -211,6 +212,10 @@ def _parse_ini(text: str, source: str) -> Inventory:
             words = shlex.split(line, comments=True)
         except ValueError as exc:
             raise ContextError(f"can't split line: {exc}", mark=mark) from exc
+        for i, w in enumerate(words):            # `;` starts a comment too, as in Ansible's INI
+            if w.startswith(";"):
+                words = words[:i]
+                break
         if not words:
             continue
         if kind == "vars":
