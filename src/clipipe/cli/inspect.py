@@ -69,12 +69,33 @@ def graph(pipeline: str, fmt: str, context: str | None) -> int:
 
 
 @click.command()
-@click.argument("component", required=False)
+@click.argument("component", required=False, metavar="[KIND/]TYPE")
 def explain(component: str | None) -> int:
-    """Describe a record component (source, step or output type): fields, defaults, examples."""
-    try:
-        from clipipe.records import registry
-    except ImportError as exc:
-        raise click.ClickException(f"record components are not available: {exc}") from exc
-    click.echo(registry.explain(component))
+    """Describe a record component: fields, defaults, examples. Without TYPE: list them all.
+
+    \b
+    Examples:
+      clipipe explain              # every source, step and output type
+      clipipe explain http         # the http source
+      clipipe explain output/file  # when a name is both a source and an output
+    """
+    from clipipe.errors import UserError
+    from clipipe.records import registry
+
+    table = {kind: registry.components(kind) for kind in registry.KINDS}
+    if component is None:
+        for kind, comps in table.items():
+            click.echo(f"{kind}s:")
+            for name, cls in sorted(comps.items()):
+                click.echo(f"  {name:<12} {cls.summary}")
+        return 0
+    kind, _, name = component.rpartition("/")
+    matches = [k for k in table if name in table[k] and (not kind or k == kind)]
+    if not matches:
+        known = ", ".join(sorted({n for comps in table.values() for n in comps}))
+        raise UserError(f"no record component {component!r} (known: {known})")
+    for i, k in enumerate(matches):
+        if i:
+            click.echo("")
+        click.echo(registry.explain(k, name))
     return 0
