@@ -541,11 +541,15 @@ def _ranges(nums: list[str]) -> str:
     while i < len(vals):
         j = i
         while (j + 1 < len(vals) and int(vals[j + 1]) == int(vals[j]) + 1
-               and len(vals[j + 1]) == len(vals[i])):
+               and (len(vals[j + 1]) == len(vals[i]) or not _padded(vals[i]))):
             j += 1
         out.append(vals[i] if i == j else f"{vals[i]}-{vals[j]}")
         i = j + 1
     return ",".join(out)
+
+
+def _padded(num: str) -> bool:
+    return len(num) > 1 and num.startswith("0")
 
 
 def host_json(h: HostResult) -> dict[str, Any]:
