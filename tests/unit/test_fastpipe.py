@@ -261,6 +261,14 @@ def test_src_never_closed_sinks_closed_on_request(fp) -> None:
         os.close(fd)
 
 
+def test_bad_src_raises_and_closes_sinks(fp) -> None:
+    a, b = os.pipe()
+    with pytest.raises(OSError):
+        fp.pump(4000, [b])  # 4000: a descriptor number nobody uses
+    assert os.read(a, 1) == b""  # b was closed: the reader sees EOF
+    os.close(a)
+
+
 # -- sink failures ------------------------------------------------------------------------------
 
 def _closed_sink() -> int:
