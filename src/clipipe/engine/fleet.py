@@ -56,12 +56,18 @@ class FleetPool(TargetPool):
         self._contexts = contexts
         self._made: dict[str, Target] = {}
         self._closing: list[asyncio.Task[None]] = []
+        self._shared = plainexec.SharedCredentials()
 
     def make(self, name: str) -> Target:
         """The target of context `name`, not opened (for the plain exec path)."""
         if name not in self._made:
             self._made[name] = self._contexts.make_target(name)
+            self._shared.attach(self._made[name])
         return self._made[name]
+
+    async def _open(self, name: str) -> Target:
+        self.make(name)                        # the same instance, with shared credentials
+        return await super()._open(name)
 
     async def close_one(self, name: str) -> None:
         """Close host `name`'s target now (its part of the run is over), keeping its figures."""
