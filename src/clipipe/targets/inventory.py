@@ -113,8 +113,8 @@ class Inventory:
             for c in g.children:
                 if c not in self.groups:
                     raise ContextError(f"group {g.name!r} names unknown child group {c!r}", mark=g.mark)
-        for g in self.groups:
-            self._check_cycle(g, [])
+        for gname in self.groups:
+            self._check_cycle(gname, [])
 
     def _check_cycle(self, name: str, path: list[str]) -> None:
         if name in path:
