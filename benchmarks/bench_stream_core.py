@@ -2,6 +2,9 @@
 
     python benchmarks/bench_stream_core.py [--size 2G] [--repeat 3] [--bufsizes 64K,1M] [--only 1,3]
 
+Cases: 1 tee to sha256 + progress, 2 the same with a gzip -1 branch, 3 pass-through, 4 checksum
+only, 5 counter on vs off, 6 checksum while another Python thread spins (the GIL stays free).
+
 Every case runs clipipe's pump (Cython and pure-Python twin) and the shell pipeline a user would write
 instead, in one run, and prints MB/s (10^6 bytes/s) and the ratio clipipe/coreutils. Both sides read
 the input the same way (`cat IN |`, except case 3 where both read the file). The input is a 64 MiB
@@ -71,10 +74,13 @@ class Sampler:
     def __init__(self, counter: Any) -> None:
         self.counter, self.stop = counter, threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
+        self.cpu = 0.0  # seconds of CPU the sampling thread used
 
     def run(self) -> None:
+        t = time.thread_time()
         while not self.stop.wait(0.1):
             self.counter.snapshot()
+        self.cpu = time.thread_time() - t
 
     def __enter__(self) -> Sampler:
         self.thread.start()
@@ -85,9 +91,30 @@ class Sampler:
         self.thread.join()
 
 
+class Spinner:
+    """A Python thread that never blocks: it wants the GIL all the time."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        x = 0
+        while not self.stop:
+            x += 1
+
+    def __enter__(self) -> Spinner:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop = True
+        self.thread.join()
+
+
 def run_pump(fp: Any, path: str, *, via_cat: bool = True, consumers: list[str] = (),
              devnull: bool = False, checksums: tuple[str, ...] = (), counter: bool = False,
-             bufsize: int | None = None, kernel: bool = True) -> float:
+             bufsize: int | None = None, kernel: bool = True, stats: dict | None = None) -> float:
     """Time one pump: input from `cat PATH` (or the file), sinks: consumer processes and /dev/null."""
     t = time.perf_counter()
     procs = []
@@ -109,11 +136,16 @@ def run_pump(fp: Any, path: str, *, via_cat: bool = True, consumers: list[str] =
     kw: dict[str, Any] = {"checksums": checksums, "counter": ctr, "kernel": kernel}
     if bufsize:
         kw["bufsize"] = bufsize
-    if ctr is not None:
-        with Sampler(ctr):
+    cpu = time.thread_time()
+    sampler = Sampler(ctr) if ctr is not None else None
+    if sampler is not None:
+        with sampler:
             res = fp.pump(src, sinks, **kw)
     else:
         res = fp.pump(src, sinks, **kw)
+    if stats is not None:  # CPU seconds: steadier than wall time on a shared machine
+        stats["pump_cpu"] = min(stats.get("pump_cpu", 1e9), time.thread_time() - cpu)
+        stats["sampler_cpu"] = sampler.cpu if sampler is not None else 0.0
     if via_cat:
         procs[0].stdout.close()
     else:
@@ -135,7 +167,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="2G")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--only", default="1,2,3,4,5", help="cases to run, e.g. 1,3")
+    ap.add_argument("--only", default="1,2,3,4,5,6", help="cases to run, e.g. 1,3")
     ap.add_argument("--bufsizes", default="", help="also sweep bufsize on case 1, e.g. 64K,256K,1M,4M")
     args = ap.parse_args()
     size = parse_size(args.size)
@@ -176,12 +208,21 @@ def main() -> None:
         # from other processes hits both alike
         base = {"devnull": True, "checksums": ("sha256",)}
         for n, fp in impls.items():
-            off, on = [], []
+            off, on, s_off, s_on = [], [], {}, {}
             for _ in range(args.repeat):
-                off.append(run_pump(fp, path, **base))
-                on.append(run_pump(fp, path, counter=True, **base))
-            print(f"5 counter + 10 Hz sampler, case 1 shape [{n}]: off {mb / min(off):6.0f} MB/s, "
-                  f"on {mb / min(on):6.0f} MB/s, overhead {100 * (min(on) / min(off) - 1):+.1f} %")
+                off.append(run_pump(fp, path, stats=s_off, **base))
+                on.append(run_pump(fp, path, counter=True, stats=s_on, **base))
+            cpu = (s_on["pump_cpu"] + s_on["sampler_cpu"]) / s_off["pump_cpu"] - 1
+            print(f"5 counter + 10 Hz sampler, case 1 shape [{n}]: wall off {mb / min(off):6.0f} "
+                  f"MB/s, on {mb / min(on):6.0f} MB/s (time {100 * (min(on) / min(off) - 1):+.1f} %); "
+                  f"CPU overhead {100 * cpu:+.2f} % (sampler thread "
+                  f"{100 * s_on['sampler_cpu'] / s_off['pump_cpu']:.3f} %)")
+    if 6 in only:
+        # the engine runs pump in a worker thread; a busy Python thread must not stall it
+        for n, fp in impls.items():
+            with Spinner():
+                t = best(lambda: run_pump(fp, path, devnull=True, checksums=("sha256",)), args.repeat)
+            print(f"6 case 4 + /dev/null while another Python thread spins [{n}]: {mb / t:6.0f} MB/s")
     if args.bufsizes:
         for bs in [parse_size(b) for b in args.bufsizes.split(",")]:
             for kernel in (True, False):

@@ -35,9 +35,10 @@ except ImportError:  # optional extra "fast"
 
 IMPLEMENTATION = "python"
 
-#: 1 MiB: the read/write loop here was measured with 64 KiB..4 MiB buffers (bench_stream_core.py,
-#: 2 cores, pipe in -> /dev/null + sha256): 64 KiB 0.93 GB/s, 256 KiB 1.20, 1 MiB 1.24, 4 MiB 1.22.
-#: Bigger buffers mean fewer Python-level iterations; past 1 MiB the caches start to hurt.
+#: 1 MiB. Pump CPU per GiB for this loop, `cat 1G | pump sha256 -> pv`, best of 3 on a loaded
+#: 2-core box: 64 KiB 1411 ms, 256 KiB 1234, 1 MiB 1360, 4 MiB 1367; into /dev/null: 1117, 1047,
+#: 1014, 1038 (sha256 is ~900 of it). Below 256 KiB the per-iteration Python overhead shows; above
+#: it the differences were noise, and 1 MiB matches one grown pipe and the Cython core.
 DEFAULT_BUFSIZE = 1 << 20
 
 #: Pipes we touch are grown to this size (F_SETPIPE_SZ) so each syscall moves up to 1 MiB instead of
