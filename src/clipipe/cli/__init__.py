@@ -13,7 +13,35 @@ from clipipe.errors import ClipipeError, InternalError
 EXIT_INTERRUPTED = 130
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+#: subcommand -> (module, attribute): imported only when used, so `clipipe run` pays for `run` alone.
+_COMMANDS = {
+    "run": ("clipipe.cli.run", "run"),
+    "validate": ("clipipe.cli.inspect", "validate"),
+    "graph": ("clipipe.cli.inspect", "graph"),
+    "explain": ("clipipe.cli.inspect", "explain"),
+    "ops": ("clipipe.cli.ops", "ops"),
+    "context": ("clipipe.cli.context", "context"),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use (start-up time matters for fleets)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every subcommand name, sorted."""
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """Import and return one subcommand."""
+        if cmd_name not in _COMMANDS:
+            return None
+        import importlib
+
+        module, attr = _COMMANDS[cmd_name]
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="clipipe")
 @click.option("--debug", is_flag=True, envvar="CLIPIPE_DEBUG", help="Show tracebacks for errors.")
 @click.option("--contexts", "contexts_path", metavar="FILE", envvar="CLIPIPE_CONTEXTS",
@@ -35,22 +63,6 @@ def cli(ctx: click.Context, debug: bool, contexts_path: str | None) -> None:
     ctx.obj["contexts_path"] = contexts_path
 
 
-def _register() -> None:
-    from clipipe.cli import inspect, ops, run
-
-    cli.add_command(run.run)
-    cli.add_command(inspect.validate)
-    cli.add_command(inspect.graph)
-    cli.add_command(inspect.explain)
-    cli.add_command(ops.ops)
-    try:
-        from clipipe.cli.context import context
-    except ImportError:  # the context commands arrive with the SSH target
-        pass
-    else:
-        cli.add_command(context)
-
-
 def print_error(exc: ClipipeError) -> None:
     """One line for the error, one for its hint."""
     click.secho(f"error: {exc}", fg="red", err=True)
@@ -60,7 +72,6 @@ def print_error(exc: ClipipeError) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn errors into messages and exit codes (no tracebacks)."""
-    _register()
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("CLIPIPE_DEBUG") == "1"
     try:

@@ -171,4 +171,5 @@ RunProc = Callable[[Proc], Awaitable[ProcOutcome]]
 
 def segment_io(seg: list[Proc]) -> SegmentIO:
     """The fds a target gets for a segment (it owns and closes them)."""
-    return SegmentIO(stdin=seg[0].stdin, stdout=seg[-1].stdout, stderr=[p.stderr for p in seg])
+    streams = seg[0].stdin is not None or seg[-1].feeds_pump is not None  # a stdin always comes from a pump
+    return SegmentIO(stdin=seg[0].stdin, stdout=seg[-1].stdout, stderr=[p.stderr for p in seg], bulk=streams)

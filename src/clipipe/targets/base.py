@@ -58,6 +58,7 @@ class SegmentIO:
     stdin: int | None                  #: fd the first process reads; None = /dev/null
     stdout: int | None                 #: fd the last process writes; None = discard
     stderr: list[int | None]           #: one fd per process (None = discard)
+    bulk: bool | None = None           #: the engine's hint: a stream worth a bulk data plane (None = guess)
 
 
 @dataclass
