@@ -66,7 +66,7 @@ def test_adhoc_on_an_ssh_context_and_failure_exit_codes(clipipe, tmp_path, sshd)
     assert f"as {sshd.user}" in res.out
     assert clipipe("--contexts", str(ctx), "run", "-c", "web", "exit 5").code == 1
     res = clipipe("--contexts", str(ctx), "run", "-c", "nope", "true")
-    assert res.code == 2 and "unknown context 'nope'" in res.err
+    assert res.code == 2 and "unknown context or group 'nope'" in res.err
 
 
 def test_unreachable_context_exits_3(clipipe, tmp_path, sshd):
