@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Sequence
 try:
     import xxhash
 except ImportError:  # optional extra "fast"
-    xxhash = None
+    xxhash = None  # type: ignore[assignment]  # optional module missing: no xxh64/xxh3
 
 IMPLEMENTATION = "python"
 

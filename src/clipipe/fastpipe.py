@@ -12,7 +12,7 @@ if os.environ.get("CLIPIPE_PURE") == "1":
     )
 else:
     try:
-        from clipipe._fastpipe import (  # type: ignore[no-redef]
+        from clipipe._fastpipe import (  # type: ignore[assignment]  # Cython twin of the same API
             DEFAULT_BUFSIZE, IMPLEMENTATION, Counter, pump,
         )
     except ImportError:

@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -185,10 +185,10 @@ def _progress(opts: RunOptions) -> Any:
     if opts.progress == "quiet":
         return None
     try:
-        from clipipe.progress import ProgressDisplay
+        from clipipe.progress import Mode, ProgressDisplay
     except ImportError:
         return None
-    return ProgressDisplay(mode=opts.progress)
+    return ProgressDisplay(mode=cast("Mode", opts.progress))  # a --progress choice; checked there too
 
 
 def _fmt_duration(ms_: int | None) -> str:

@@ -334,9 +334,9 @@ class Runner:
                                 blame = (self._step_of(proc.key), self._describe_failure(proc, w))
                     else:
                         pump = pump_tasks[t]
-                        exc = t.exception()
-                        if exc is not None:
-                            blame = (pump.producer, f"stream {pump.id} failed: {exc}")
+                        pump_exc = t.exception()
+                        if pump_exc is not None:
+                            blame = (pump.producer, f"stream {pump.id} failed: {pump_exc}")
                         elif pump.result.failed is not None:
                             reader = pump.sink_keys[pump.result.failed]
                             if reader in branch_of:

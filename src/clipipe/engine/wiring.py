@@ -36,9 +36,9 @@ def run_in_thread(fn: Callable[[], Any]) -> "asyncio.Future[Any]":
         try:
             result = fn()
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc))
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc))  # type: ignore[func-returns-value]
         else:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))  # type: ignore[func-returns-value]
 
     threading.Thread(target=target, name="clipipe-pump", daemon=True).start()
     return fut

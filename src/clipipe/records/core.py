@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, ClassVar, Protocol, TextIO
+from typing import Any, AsyncGenerator, Callable, ClassVar, Protocol, TextIO
 
 from clipipe.errors import Mark, RecordError
 
 try:  # orjson is 3-5x faster; optional, stdlib json is the fallback
     import orjson as _orjson
 except ImportError:  # pragma: no cover - depends on the machine
-    _orjson = None
+    _orjson = None  # type: ignore[assignment]  # optional module missing: the stdlib fallback below
 
 if _orjson is not None:
     def loads(text: str | bytes) -> Any:
@@ -199,7 +199,7 @@ class Source:
         self.ctx = ctx
         self.mark = mark
 
-    def batches(self) -> AsyncIterator[Batch]:
+    def batches(self) -> AsyncGenerator[Batch, None]:
         """Yield the records, a batch at a time, with bounded memory."""
         raise NotImplementedError
 

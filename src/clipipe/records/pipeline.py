@@ -235,8 +235,9 @@ class RecordPipeline:
                 async for batch in gen:
                     records_in += len(batch)
                     if not batch.has_records:
-                        batch.records(lambda i, why, b=batch: run.record_error(
-                            "source", b.index[i], why, src_on_error))
+                        def on_bad(i: int, why: str, b: Batch = batch) -> None:
+                            run.record_error("source", b.index[i], why, src_on_error)
+                        batch.records(on_bad)
                     batch = self._process(batch)
                     if len(batch):
                         await self.output.write(batch)

@@ -11,13 +11,33 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Callable, Literal, TypeVar, Union
+from typing import Any, Callable, Literal, Protocol, TypeVar, Union, overload
 
 from clipipe.errors import Mark, SpecError
 from clipipe.spec.yamlmarks import mark_of
 
 KINDS = ("source", "step", "output")
-_REGISTRY: dict[str, dict[str, type]] = {k: {} for k in KINDS}
+
+
+class ComponentClass(Protocol):
+    """A registered component class: its `Config` dataclass, what `register` and the base class set."""
+
+    Config: type[Any]
+    type_name: str
+    kind: str
+    summary: str
+    examples: list[str]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class StepClass(ComponentClass, Protocol):
+    """A registered step class: also turns its short form into the Config mapping."""
+
+    def shorthand(self, value: Any) -> Any: ...
+
+
+_REGISTRY: dict[str, dict[str, ComponentClass]] = {k: {} for k in KINDS}
 T = TypeVar("T")
 REQUIRED: Any = dataclasses.MISSING
 
@@ -41,7 +61,7 @@ def register(kind: str, name: str) -> Callable[[type[T]], type[T]]:
     def deco(cls: type[T]) -> type[T]:
         cls.type_name = name  # type: ignore[attr-defined]
         cls.kind = kind  # type: ignore[attr-defined]
-        _REGISTRY[kind][name] = cls
+        _REGISTRY[kind][name] = typing.cast(ComponentClass, cls)
         return cls
     return deco
 
@@ -51,7 +71,11 @@ def _load_builtins() -> None:
     from clipipe.records import outputs, sources, steps  # noqa: F401
 
 
-def lookup(kind: str, name: Any, mark: Mark | None) -> type:
+@overload
+def lookup(kind: Literal["step"], name: Any, mark: Mark | None) -> StepClass: ...
+@overload
+def lookup(kind: str, name: Any, mark: Mark | None) -> ComponentClass: ...
+def lookup(kind: str, name: Any, mark: Mark | None) -> ComponentClass:
     """The component class registered as `name`, or a SpecError listing the known ones."""
     _load_builtins()
     table = _REGISTRY[kind]
@@ -61,7 +85,11 @@ def lookup(kind: str, name: Any, mark: Mark | None) -> type:
     return table[name]
 
 
-def components(kind: str) -> dict[str, type]:
+@overload
+def components(kind: Literal["step"]) -> dict[str, StepClass]: ...
+@overload
+def components(kind: str) -> dict[str, ComponentClass]: ...
+def components(kind: str) -> dict[str, Any]:  # the overloads above give the precise types
     """All registered components of `kind`, by name."""
     _load_builtins()
     return dict(_REGISTRY[kind])
@@ -141,7 +169,7 @@ def convert(tp: Any, value: Any, mark: Mark | None, where: str) -> Any:
         _, vt = typing.get_args(tp)
         return {str(k): convert(vt, v, m, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
-        return parse_config(tp, value, m, where)
+        return parse_config(typing.cast("type[Any]", tp), value, m, where)
     if tp is bool:
         if not isinstance(value, bool):
             raise SpecError(f"{where}: expected true or false, got {_describe(value)}", mark=m)

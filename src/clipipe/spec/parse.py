@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any
+from typing import Any, cast
 
 from clipipe.errors import Mark, SpecError
 from clipipe.spec import templates
@@ -269,6 +269,7 @@ def parse_param(name: str, node: Any, mark: Mark | None) -> Param:
         ptype = ("bool" if isinstance(node, bool) else "int" if isinstance(node, int)
                  else "float" if isinstance(node, float) else "list" if isinstance(node, list) else "string")
         return Param(name=name, type=ptype, default=node, required=node is None, mark=mark)
+    node = cast(MDict, node)  # a loaded mapping (its marks are read below)
     _check_keys(node, PARAM_KEYS, f"param {name!r}")
     ptype = _str(node, "type", f"param {name!r}", "string") or "string"
     if ptype not in PARAM_TYPES:
@@ -330,8 +331,9 @@ def parse_pipeline(doc: Any, path: str) -> Pipeline:
     seen: dict[str, Step] = {}
     for s in steps:
         if s.name in seen:
-            raise SpecError(f"two steps are called {s.name!r} (the first at line {seen[s.name].mark.line})"
-                            if seen[s.name].mark else f"two steps are called {s.name!r}", mark=s.mark)
+            first = seen[s.name].mark
+            raise SpecError(f"two steps are called {s.name!r} (the first at line {first.line})"
+                            if first else f"two steps are called {s.name!r}", mark=s.mark)
         seen[s.name] = s
     return Pipeline(name=name, steps=steps, params=params,
                     description=_str(node, "description", "the pipeline", "") or "",

@@ -137,11 +137,11 @@ def render(text: str, values: Mapping[str, Any], *, shell: bool, mark: Mark | No
 def check_syntax(text: str, mark: Mark | None = None) -> None:
     """Raise TemplateError for `{{ ... }}` that is not a valid placeholder."""
     for m in re.finditer(r"\{\{(.*?)\}\}", text):
-        if not _PLACEHOLDER.fullmatch(m.group(0)):
+        full = _PLACEHOLDER.fullmatch(m.group(0))
+        if not full:
             raise TemplateError(f"malformed template {m.group(0)!r} (write {{{{.name}}}} or "
                                 "{{.name | raw}})", mark=mark)
-        filters = [f.strip() for f in (_PLACEHOLDER.fullmatch(m.group(0)).group(2) or "").split("|")
-                   if f.strip()]
+        filters = [f.strip() for f in (full.group(2) or "").split("|") if f.strip()]
         _apply_filters("", filters, mark)
 
 

@@ -7,7 +7,7 @@ an error (PyYAML silently keeps the last one).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import yaml
 
@@ -53,6 +53,10 @@ class MFloat(float):
     mark: Mark
 
 
+@overload
+def mark_of(value: Any, default: Mark) -> Mark: ...
+@overload
+def mark_of(value: Any, default: Mark | None = None) -> Mark | None: ...
 def mark_of(value: Any, default: Mark | None = None) -> Mark | None:
     """The mark carried by a loaded value, or `default`."""
     m = getattr(value, "mark", None)

@@ -76,7 +76,7 @@ class LocalTarget:
         devnull = os.open(os.devnull, os.O_RDWR)
         fds_to_close.append(devnull)
         try:
-            prev_read = io.stdin if io.stdin is not None else devnull
+            prev_read: int | None = io.stdin if io.stdin is not None else devnull
             for i, spec in enumerate(procs):
                 last = i == len(procs) - 1
                 if last:

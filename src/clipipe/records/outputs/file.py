@@ -92,6 +92,7 @@ class FileOutput(Output):
             self.writer = csv.writer(self.f, delimiter=self.config.delimiter, lineterminator="\n")
             self.writer.writerow(self.columns)
         cols = self.columns
+        assert cols is not None  # set with the writer
         rows = []
         for r in recs:
             if not isinstance(r, dict):

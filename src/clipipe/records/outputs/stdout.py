@@ -32,6 +32,7 @@ class StdoutOutput(Output):
         if not lines:
             return
         out = self.ctx.stdout
+        assert out is not None  # set by RecordPipeline.run
         out.write("\n".join(lines))
         out.write("\n")
         self.records += len(lines)
@@ -40,4 +41,5 @@ class StdoutOutput(Output):
             out.flush()
 
     async def close(self) -> None:
+        assert self.ctx.stdout is not None  # set by RecordPipeline.run
         self.ctx.stdout.flush()

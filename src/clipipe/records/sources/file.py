@@ -7,7 +7,7 @@ import io
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncGenerator, Literal
 
 from clipipe.errors import RecordError, SpecError
 from clipipe.records.core import Batch, Source, loads
@@ -94,7 +94,7 @@ class FileSource(Source):
                 files.append(p)
         return files
 
-    async def batches(self) -> AsyncIterator[Batch]:
+    async def batches(self) -> AsyncGenerator[Batch, None]:
         fmt = self.config.format
         for path in self.resolve():
             self.files_read.append(path)

@@ -15,7 +15,7 @@ import email.utils
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncGenerator, Literal
 
 import httpx
 
@@ -278,7 +278,7 @@ class HTTPSource(Source):
             return data
         return [data]
 
-    async def batches(self) -> AsyncIterator[Batch]:
+    async def batches(self) -> AsyncGenerator[Batch, None]:
         cfg = self.config
         pg = cfg.pagination
         async with httpx.AsyncClient(timeout=cfg.timeout, verify=cfg.verify_tls,

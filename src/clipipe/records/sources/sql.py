@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncGenerator, Literal
 
 from clipipe.errors import RecordError, SpecError
 from clipipe.records.convert import state_text, to_json_value
@@ -219,7 +219,7 @@ class SQLSource(Source):
                 pass
             conn.close()
 
-    async def batches(self) -> AsyncIterator[Batch]:
+    async def batches(self) -> AsyncGenerator[Batch, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_BATCHES)
         stop = threading.Event()

@@ -60,7 +60,8 @@ class TransformStep(Step):
             metas = [None] * len(recs)
         for i, r in enumerate(recs):
             if metas is not None:
-                m = dict(metas[i] if metas[i] is not None else batch.meta)
+                mi = metas[i]
+                m = dict(mi if mi is not None else batch.meta)
             else:
                 m = batch.meta
             try:
