@@ -18,13 +18,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from clipipe import __version__
-from clipipe.engine.operation import Prepared, TargetPool, prepare
+from clipipe.engine.operation import Prepared, TargetPool, cancel_on_signals, prepare
 from clipipe.engine.output import Console
 from clipipe.engine.record import iso, ms, new_op_id
 from clipipe.engine.runner import Runner
@@ -365,25 +364,15 @@ class Fleet:
         started = time.time()
         sem = asyncio.Semaphore(self.forks)
         tasks = [asyncio.ensure_future(self._host(h, sem)) for h in self.hosts]
-        loop = asyncio.get_running_loop()
         gathered = asyncio.gather(*tasks)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            try:
-                loop.add_signal_handler(sig, gathered.cancel)
-            except (NotImplementedError, RuntimeError):
-                pass
         status = "ok"
         try:
-            await gathered
+            with cancel_on_signals(gathered):
+                await gathered
         except asyncio.CancelledError:
             status = "cancelled"
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGHUP):
-                try:
-                    loop.remove_signal_handler(sig)
-                except (NotImplementedError, RuntimeError):
-                    pass
             await self.pool.close()
         hosts = [self.results[h] for h in self.hosts]
         for h in hosts:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 from clipipe import __version__
 from clipipe.engine.output import Console
@@ -169,22 +170,35 @@ async def execute(prep: Prepared, pool: TargetPool, console: Console, opts: RunO
     """Run the plan, stopping cleanly (every process group killed) on SIGINT/SIGTERM."""
     runner = Runner(prep.plan, prep.values, pool.get, console, jobs=opts.jobs, progress=progress,
                     remote_contexts=pool.remote_names(set(prep.plan.contexts.values())))
-    loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(runner.run())
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    try:
+        with cancel_on_signals(task):
+            return await task
+    finally:
+        await pool.close()
+
+
+#: Signals that stop a run like Ctrl-C does (SIGINT is asyncio.run's own).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def cancel_on_signals(fut: "asyncio.Future[Any]") -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP cancel `fut` (so every process group gets killed)."""
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
         try:
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, fut.cancel)
         except (NotImplementedError, RuntimeError):
             pass
     try:
-        return await task
+        yield
     finally:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in STOP_SIGNALS:
             try:
                 loop.remove_signal_handler(sig)
             except (NotImplementedError, RuntimeError):
                 pass
-        await pool.close()
 
 
 def open_store() -> Any:

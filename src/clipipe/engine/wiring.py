@@ -27,6 +27,16 @@ def close_fd(fd: int | None) -> None:
             pass
 
 
+def _settle(fut: "asyncio.Future[Any]", result: Any, exc: BaseException | None) -> None:
+    """Complete `fut` (on the loop's thread) unless it was cancelled meanwhile."""
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
 def run_in_thread(fn: Callable[[], Any]) -> "asyncio.Future[Any]":
     """Run a blocking call in a dedicated thread (pumps block on each other: no shared pool)."""
     loop = asyncio.get_running_loop()
@@ -36,9 +46,9 @@ def run_in_thread(fn: Callable[[], Any]) -> "asyncio.Future[Any]":
         try:
             result = fn()
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc))  # type: ignore[func-returns-value]
+            loop.call_soon_threadsafe(_settle, fut, None, exc)  # exc is passed now: the name dies here
         else:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))  # type: ignore[func-returns-value]
+            loop.call_soon_threadsafe(_settle, fut, result, None)
 
     threading.Thread(target=target, name="clipipe-pump", daemon=True).start()
     return fut
