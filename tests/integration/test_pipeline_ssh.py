@@ -75,3 +75,17 @@ def test_unreachable_context_exits_3(clipipe, tmp_path, sshd):
     res = clipipe("--contexts", str(ctx), "run", "-c", "dead", "true")
     assert res.code == 3, res
     assert "Traceback" not in res.err
+
+
+def test_steps_without_context_run_locally_even_if_contexts_yaml_lists_only_remotes(clipipe, tmp_path, sshd):
+    ctx = write(tmp_path / "c.yaml", "contexts:\n" + sshd.contexts_yaml("web"))
+    pipe = write(tmp_path / "p.yaml", """
+steps:
+  - {name: a, command: 'head -c 1000000 /dev/zero', output: stream}
+  - {name: b, context: web, command: 'wc -c', input: pipe}
+""")
+    res = clipipe("--contexts", str(ctx), "run", str(pipe))
+    assert res.code == 0 and "1000000" in res.out, res
+    rec = json.loads(clipipe("ops", "list", "--json", "-n", "1").out.splitlines()[0])
+    assert {s["name"]: s["context"] for s in rec["steps"]} == {"a": "local", "b": "web"}
+    assert rec["streams"][0]["bytes_transferred"] == 1000000

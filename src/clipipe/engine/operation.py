@@ -74,7 +74,7 @@ class TargetPool:
         """Raise ContextError if `name` is not a known context."""
         c = self.contexts()
         known = c.names() if c else ["local"]
-        if name not in known:
+        if name not in known and name != "local":  # local always exists
             raise ContextError(f"unknown context {name!r} (known: {', '.join(known)})",
                                hint="define it in contexts.yaml; see `clipipe context list`")
 

@@ -51,6 +51,10 @@ TOP_LEVEL_KEYS = ("contexts", "groups", "version")
 SECRET_WORDS = ("password", "token", "secret", "passphrase")
 
 
+#: The context every contexts.yaml has, declared or not: this machine.
+IMPLICIT_LOCAL = "local"
+
+
 @dataclass
 class ContextDef:
     """One validated context: its name, type, typed settings and where it was defined."""
@@ -148,10 +152,8 @@ def parse_contexts(text: str, source: str = "<string>") -> Contexts:
                            mark=defs[defaults[1]].mark)
     if defaults:
         default_name = defaults[0]
-    elif "local" in defs:
+    else:  # `local` always exists (implicitly when not declared): never run on a remote host unasked
         default_name = "local"
-    else:
-        default_name = next(iter(defs))
     groups = _parse_groups(doc.get("groups"), defs, doc.mark_of("groups") if "groups" in doc else None)
     return Contexts(defs, default_name, groups, source)
 
@@ -351,6 +353,9 @@ class Contexts:
         try:
             return self.defs[name]
         except KeyError:
+            local_cls = settings_class("local")
+            if name == IMPLICIT_LOCAL and local_cls is not None:
+                return ContextDef(IMPLICIT_LOCAL, "local", local_cls(), description="this machine (implicit)")
             raise ContextError(f"unknown context {name!r}" + _suggest(name, self.defs),
                                hint=f"contexts from {self.source}: {', '.join(self.defs)}") from None
 

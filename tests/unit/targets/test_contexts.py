@@ -167,7 +167,8 @@ def test_groups_are_kept():
           single: db
         """))
     assert c.groups == {"web": ["web1", "web2"], "all": ["web", "db"], "globbed": ["web*"], "single": ["db"]}
-    assert c.default_name == "web1"           # no `default: true` and no `local`: the first one
+    assert c.default_name == "local"          # no `default: true`: the implicit local, never a remote host
+    assert c.get("local").type == "local" and "local" not in c.names()
 
 
 def test_group_named_like_context_is_an_error():
