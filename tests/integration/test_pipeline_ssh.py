@@ -89,3 +89,31 @@ steps:
     rec = json.loads(clipipe("ops", "list", "--json", "-n", "1").out.splitlines()[0])
     assert {s["name"]: s["context"] for s in rec["steps"]} == {"a": "local", "b": "web"}
     assert rec["streams"][0]["bytes_transferred"] == 1000000
+
+
+def test_sigkilled_fleet_adhoc_run_leaves_nothing_on_hosts(tmp_path, sshd, sshd_fresh):
+    import secrets
+    import subprocess
+    import sys
+    import time
+
+    from tests.integration.test_ssh_target import remote_matches
+
+    marker = f"1000.{secrets.randbelow(10**6):06d}"
+    ctx = write(tmp_path / "c.yaml", "contexts:\n" + sshd.contexts_yaml("h1") + sshd_fresh.contexts_yaml("h2"))
+    proc = subprocess.Popen([sys.executable, "-m", "clipipe", "--contexts", str(ctx), "run", "-c", "h1,h2",
+                             f"sleep {marker}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not (remote_matches(sshd, marker) and remote_matches(sshd_fresh, marker)):
+            assert time.monotonic() < deadline, "the remote sleeps should be running"
+            time.sleep(0.2)
+        proc.kill()                     # SIGKILL: no cleanup code runs in the controller
+        proc.wait()
+        deadline = time.monotonic() + 8
+        while (remote_matches(sshd, marker) or remote_matches(sshd_fresh, marker)) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert remote_matches(sshd, marker) == [] and remote_matches(sshd_fresh, marker) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import signal as _signal
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from clipipe.errors import TargetError, UnreachableError
+from clipipe.targets.sshmux import _GUARD, WATCHDOG_PERIOD, remote_command
 
 #: Read size for the exec channel's stdout and stderr.
 READ_SIZE = 64 * 1024
@@ -82,6 +84,17 @@ class SharedCredentials:
         return cache[path]
 
 
+def guarded(command: str) -> str:
+    """`command` under the same watchdog as the mux path: it dies with its SSH session.
+
+    sshd leaves a non-pty command running when the client vanishes; the guard polls the session and
+    kills the command's process group, so a SIGKILLed controller leaves no orphan on the host either.
+    """
+    script = (_GUARD.format(period=WATCHDOG_PERIOD)
+              + f"sh -c {shlex.quote(command)}\nst=$?\nkill $w 2>/dev/null\nexit $st\n")
+    return remote_command(script)
+
+
 async def connect(target: Any) -> None:
     """Open the target's connection only (no agent); raises TargetError subclasses."""
     await target.connect()
@@ -95,7 +108,7 @@ async def run_plain(target: Any, command: str, on_data: OnData) -> PlainResult:
     name = getattr(target, "name", None)
     proc = None
     try:
-        proc = await conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
+        proc = await conn.create_process(guarded(command), encoding=None, stdin=asyncssh.DEVNULL)
         await asyncio.gather(_pump(proc.stdout, on_data, False), _pump(proc.stderr, on_data, True))
         await proc.wait(check=False)
     except asyncio.CancelledError:
