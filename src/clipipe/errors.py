@@ -20,6 +20,8 @@ Third-party exceptions are mapped once, at the boundary that calls the library, 
 """
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -37,6 +39,12 @@ class Mark:
         if self.line:
             return f"{self.file}:{self.line}"
         return self.file
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest of `choices` to a mistyped `word`, else ''."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class ClipipeError(Exception):

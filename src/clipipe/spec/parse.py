@@ -1,11 +1,10 @@
 """Marked YAML -> typed Pipeline, with every mistake reported once at its file:line:col."""
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Any, cast
 
-from clipipe.errors import Mark, SpecError
+from clipipe.errors import Mark, SpecError, did_you_mean
 from clipipe.spec import templates
 from clipipe.spec.model import (BRANCH_POLICIES, ON_ERROR, PARAM_TYPES, Branch, Param, Pipeline,
                                 Retry, Step)
@@ -38,15 +37,10 @@ def parse_duration(value: Any, mark: Mark | None = None, what: str = "duration")
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def _suggest(key: str, allowed: set[str]) -> str:
-    close = difflib.get_close_matches(key, sorted(allowed), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _check_keys(node: MDict, allowed: set[str], what: str) -> None:
     for key in node:
         if key not in allowed:
-            raise SpecError(f"unknown key {key!r} in {what}{_suggest(str(key), allowed)}",
+            raise SpecError(f"unknown key {key!r} in {what}{did_you_mean(str(key), allowed)}",
                             mark=node.key_marks.get(key, node.mark))
 
 
@@ -216,7 +210,7 @@ def parse_step(node: Any, index: int, where: str = "step") -> Step:
         step.options = {k: node[k] for k in TYPE_KEYS[stype] if k in node}
     else:
         raise SpecError(f"{what}: unknown step type {stype!r} (known: command, tee, port-forward, "
-                        f"cleanup, transfer){_suggest(stype, {'command', 'tee', 'port-forward', 'cleanup', 'transfer'})}",
+                        f"cleanup, transfer){did_you_mean(stype, {'command', 'tee', 'port-forward', 'cleanup', 'transfer'})}",
                         mark=node.mark_of("type"))
     return step
 
@@ -274,7 +268,7 @@ def parse_param(name: str, node: Any, mark: Mark | None) -> Param:
     ptype = _str(node, "type", f"param {name!r}", "string") or "string"
     if ptype not in PARAM_TYPES:
         raise SpecError(f"param {name!r}: type must be one of {', '.join(PARAM_TYPES)}, not {ptype!r}"
-                        f"{_suggest(ptype, set(PARAM_TYPES))}", mark=node.mark_of("type"))
+                        f"{did_you_mean(ptype, set(PARAM_TYPES))}", mark=node.mark_of("type"))
     required = node.get("required")
     if required is not None and not isinstance(required, bool):
         raise SpecError(f"param {name!r}: required must be true or false", mark=node.mark_of("required"))

@@ -19,7 +19,6 @@ file:line:col they came from.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import os
 import types
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipipe.errors import ContextError, Mark, SpecError
+from clipipe.errors import ContextError, Mark, SpecError, did_you_mean
 from clipipe.spec import yamlmarks
 from clipipe.targets.base import REGISTRY, Target
 
@@ -137,7 +136,7 @@ def parse_contexts(text: str, source: str = "<string>") -> Contexts:
                            mark=yamlmarks.mark_of(doc, file_mark))
     for key in doc:
         if key not in TOP_LEVEL_KEYS:
-            raise ContextError(f"unknown top-level key {key!r}" + _suggest(key, TOP_LEVEL_KEYS),
+            raise ContextError(f"unknown top-level key {key!r}" + did_you_mean(key, TOP_LEVEL_KEYS),
                                mark=doc.key_marks.get(key, file_mark))
     entries = doc.get("contexts")
     if not isinstance(entries, yamlmarks.MDict) or not entries:
@@ -169,7 +168,7 @@ def _parse_entry(name: str, body: Any, name_mark: Mark) -> ContextDef:
                            mark=body.mark)
     settings_cls = settings_class(str(kind))
     if settings_cls is None:
-        raise ContextError(f"context {name!r}: unknown type {kind!r}" + _suggest(str(kind), known_types()),
+        raise ContextError(f"context {name!r}: unknown type {kind!r}" + did_you_mean(str(kind), known_types()),
                            mark=body.mark_of("type"))
     default = body.get("default", False)
     if not isinstance(default, bool):
@@ -203,7 +202,7 @@ def _parse_groups(raw: Any, defs: dict[str, ContextDef], mark: Mark | None) -> d
                 continue
             member_mark = yamlmarks.mark_of(raw[gname][i] if isinstance(raw[gname], list) else raw[gname],
                                             raw.mark_of(gname))
-            raise ContextError(f"group {gname!r}: unknown context {m!r}" + _suggest(m, list(defs)),
+            raise ContextError(f"group {gname!r}: unknown context {m!r}" + did_you_mean(m, list(defs)),
                                mark=member_mark)
     return groups
 
@@ -238,7 +237,7 @@ def build_settings(cls: type, values: dict[str, Any], what: str, owner: Any = No
         mark = _value_mark(owner, key)
         if key not in fields:
             allowed = [n for n in fields] + list(RESERVED_KEYS)
-            raise ContextError(f"{what}: unknown setting {key!r}" + _suggest(str(key), allowed)
+            raise ContextError(f"{what}: unknown setting {key!r}" + did_you_mean(str(key), allowed)
                                + (f" (allowed: {', '.join(allowed)})" if allowed else ""),
                                mark=_key_mark(owner, key))
         kwargs[key] = _coerce(value, hints[key], f"{what}: `{key}`", mark)
@@ -329,11 +328,6 @@ def _key_mark(owner: Any, key: str) -> Mark | None:
     return None
 
 
-def _suggest(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 @dataclass
 class Contexts:
     """The loaded contexts.yaml: definitions, groups, the default, and one target per name per run."""
@@ -356,7 +350,7 @@ class Contexts:
             local_cls = settings_class("local")
             if name == IMPLICIT_LOCAL and local_cls is not None:
                 return ContextDef(IMPLICIT_LOCAL, "local", local_cls(), description="this machine (implicit)")
-            raise ContextError(f"unknown context {name!r}" + _suggest(name, self.defs),
+            raise ContextError(f"unknown context {name!r}" + did_you_mean(name, self.defs),
                                hint=f"contexts from {self.source}: {', '.join(self.defs)}") from None
 
     def make_target(self, name: str) -> Target:
