@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 from clipipe import fastpipe
 from clipipe.engine.output import Console
 from clipipe.engine.record import StepRecord, ms
-from clipipe.engine.wiring import Proc, Pump, Wiring, close_fd, run_in_thread, segment_io
+from clipipe.engine.wiring import Proc, Pump, Wiring, run_in_thread, segment_io
 from clipipe.errors import ClipipeError, TargetError
 from clipipe.plan.dag import Plan
 from clipipe.spec import templates
@@ -303,9 +303,7 @@ class Runner:
             if isinstance(exc, TargetError):
                 for proc in seg:
                     self.records[self._step_of(proc.key)].unreachable = True
-            for proc in seg:
-                for fd in (proc.stdin, proc.stdout, proc.stderr):
-                    close_fd(fd)
+            segment_io(seg).close()
             return [ProcOutcome(name=p.key, error=str(exc), started=time.time(), ended=time.time()) for p in seg]
         return await target.run_segment([p.spec for p in seg], segment_io(seg))
 

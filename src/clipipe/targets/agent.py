@@ -20,7 +20,6 @@ when several segments run at once. ``run_segment_detailed`` returns both and acc
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any, Awaitable, Callable
 
@@ -119,12 +118,7 @@ class AgentTarget:
         try:
             await self.open()
         except BaseException:
-            for fd in (io.stdin, io.stdout, *io.stderr):
-                if fd is not None:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
+            io.close()
             raise
         assert self.session is not None
         try:

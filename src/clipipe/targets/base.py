@@ -14,6 +14,7 @@ registry maps `type:` names in contexts.yaml to (settings class, target class).
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
@@ -59,6 +60,15 @@ class SegmentIO:
     stdout: int | None                 #: fd the last process writes; None = discard
     stderr: list[int | None]           #: one fd per process (None = discard)
     bulk: bool | None = None           #: the engine's hint: a stream worth a bulk data plane (None = guess)
+
+    def close(self) -> None:
+        """Close every fd (a target that can't run the segment still owns them)."""
+        for fd in (self.stdin, self.stdout, *self.stderr):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 @dataclass

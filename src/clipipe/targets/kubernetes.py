@@ -48,13 +48,7 @@ class KubernetesTarget:
 
     async def run_segment(self, procs: list[ProcSpec], io: SegmentIO) -> list[ProcOutcome]:
         """Not implemented yet: closes the fds it was given and raises TargetError."""
-        import os
-        for fd in (io.stdin, io.stdout, *io.stderr):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        io.close()
         raise TargetError(NOT_IMPLEMENTED, target=self.name)
 
     async def close(self) -> None:

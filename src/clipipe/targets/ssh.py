@@ -591,7 +591,7 @@ class SSHTarget(_SSHCore, _Base):
             else:
                 await self.open()
         except BaseException:
-            _close_all(io)
+            io.close()
             raise
         if mux:
             if master is not None:
@@ -621,9 +621,3 @@ class SSHTarget(_SSHCore, _Base):
         d["python"] = self.settings.python
         return d
 
-
-def _close_all(io: SegmentIO) -> None:
-    for fd in (io.stdin, io.stdout, *io.stderr):
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
