@@ -215,8 +215,6 @@ def _fmt_bytes(n: int) -> str:
 
 def _summary(record: dict[str, Any], console: Console, adhoc: bool) -> None:
     """Status per step, checksums and sizes, the verdict."""
-    from clipipe.engine.output import Console as _C  # noqa: F401 - keeps the import local and cheap
-
     marks = {"ok": "✓", "failed": "✗", "skipped": "-", "cancelled": "⊘", "pending": "-", "running": "?"}
     if adhoc:  # the runner already said what failed; the output is the command's own
         return

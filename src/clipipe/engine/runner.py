@@ -231,12 +231,12 @@ class Runner:
     def _merges(self, steps: list[Step]) -> dict[str, str]:
         """consumer -> producer for plain pipes between two command steps on the same remote context."""
         out: dict[str, str] = {}
+        order = [x.name for x in steps]
         for s in steps:
             prod = self.plan.producer_of.get(s.name)
             if prod is None or s.type != "command":
                 continue
             ctx = self.plan.contexts[s.name]
-            order = [x.name for x in steps]
             if (ctx in self.remote_contexts and self.plan.contexts[prod] == ctx
                     and order.index(prod) < order.index(s.name)
                     and self.plan.consumers.get(prod) == [s.name] and self.plan.steps[prod].type == "command"):
