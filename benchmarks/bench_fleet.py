@@ -7,6 +7,9 @@
 
 Every tool is started as a fresh process (what a user types), logs in as the same dedicated user with
 the same key and the same known_hosts, and is checked to have printed one `Linux` line per host.
+All three Python tools run from the same throwaway venv: clipipe is `pip install`ed there from this
+checkout at every benchmark start (its console script, bytecode compiled as pip does for users), so
+no tool pays for what the machine's own site-packages load at start-up (this sandbox's .pth files).
 Ansible gets a fresh ControlPath directory each time (no warm ControlPersist masters from an earlier
 trial). Prints the median of --repeat trials, the ratios, and the goals: >= 10x faster than Ansible,
 >= 1.0x parallel-ssh, 50 hosts in <= 2x the 10-host time.
@@ -58,6 +61,14 @@ def ensure_venv(venv: Path) -> None:
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "ansible-core", "parallel-ssh"], check=True)
 
 
+def install_clipipe(venv: Path) -> None:
+    """This checkout, installed (not editable) into the venv: what a user's `pip install` gives."""
+    pip = str(venv / "bin" / "pip")
+    if not (venv / "bin" / "clipipe").exists():
+        subprocess.run([pip, "install", "-q", str(ROOT)], check=True)          # its dependencies, once
+    subprocess.run([pip, "install", "-q", "--force-reinstall", "--no-deps", str(ROOT)], check=True)
+
+
 def write_files(work: Path, servers: list[SSHServer]) -> None:
     """contexts.yaml (groups first10, first50) and one Ansible inventory per size."""
     names = [f"h{i:02d}" for i in range(1, len(servers) + 1)]
@@ -95,10 +106,10 @@ def run_tools(work: Path, servers: list[SSHServer], venv: Path, n: int) -> dict[
     """One trial of every tool on the first n hosts; seconds per tool."""
     hosts = servers[:n]
     s0 = servers[0]
-    env = {**os.environ, "CLIPIPE_HOME": str(work / "state"), "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "CLIPIPE_HOME": str(work / "state")}
     out: dict[str, float] = {}
 
-    dt, so = timed([sys.executable, "-m", "clipipe", "--contexts", str(work / "contexts.yaml"), "run", "-q",
+    dt, so = timed([str(venv / "bin" / "clipipe"), "--contexts", str(work / "contexts.yaml"), "run", "-q",
                     "-c", f"first{n}", "--forks", str(n), COMMAND], env)
     check(so, n, "clipipe")
     out["clipipe"] = dt
@@ -134,6 +145,7 @@ def main() -> int:
     args = ap.parse_args()
     venv = Path(args.venv)
     ensure_venv(venv)
+    install_clipipe(venv)
     keys = new_keyset()
     servers: list[SSHServer] = []
     work = Path(tempfile.mkdtemp(prefix="clipipe-bench-fleet-"))

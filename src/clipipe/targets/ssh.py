@@ -23,9 +23,12 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import asyncssh
-
 from clipipe.errors import AuthError, HostKeyError, TargetError, UnreachableError
+from clipipe.targets.sshlib import fast_library_probe
+
+with fast_library_probe():
+    import asyncssh
+
 from clipipe.targets.base import (
     ConnectInfo,
     ProcOutcome,
