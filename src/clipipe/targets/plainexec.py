@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from clipipe.errors import TargetError, UnreachableError
-from clipipe.targets.sshmux import _GUARD, WATCHDOG_PERIOD, remote_command
+from clipipe.targets.sshmux import remote_command
 
 #: Read size for the exec channel's stdout and stderr.
 READ_SIZE = 64 * 1024
@@ -84,14 +84,28 @@ class SharedCredentials:
         return cache[path]
 
 
-def guarded(command: str) -> str:
-    """`command` under the same watchdog as the mux path: it dies with its SSH session.
+#: The ad-hoc guard. The session's stdin stays open (the controller never writes to it and sends no EOF)
+#: and is read by a background subshell; sshd closes it when the session goes (controller killed,
+#: network dropped), `read` returns and the whole process group is killed. Event-driven: one fork and
+#: no polling, where the mux path's watchdog (`sshmux._GUARD`, whose stdin carries data) forks a
+#: `sleep` every WATCHDOG_PERIOD.
+#: (An asynchronous list's stdin is /dev/null in a non-interactive sh: the session's stdin is handed
+#: to the guard on fd 3 instead.)
+STDIN_GUARD = """\
+exec 3<&0
+( read -r _ <&3; kill -KILL 0 ) >/dev/null 2>&1 &
+w=$!
+exec 3<&- </dev/null
+"""
 
-    sshd leaves a non-pty command running when the client vanishes; the guard polls the session and
-    kills the command's process group, so a SIGKILLed controller leaves no orphan on the host either.
+
+def guarded(command: str) -> str:
+    """`command` under a guard that kills it when its SSH session is gone (see STDIN_GUARD).
+
+    sshd leaves a non-pty command running when the client vanishes; the guard is what makes a
+    SIGKILLed controller leave no orphan on the host. The command itself reads /dev/null.
     """
-    script = (_GUARD.format(period=WATCHDOG_PERIOD)
-              + f"sh -c {shlex.quote(command)}\nst=$?\nkill $w 2>/dev/null\nexit $st\n")
+    script = STDIN_GUARD + f"sh -c {shlex.quote(command)}\nst=$?\nkill $w 2>/dev/null\nexit $st\n"
     return remote_command(script)
 
 
@@ -108,7 +122,8 @@ async def run_plain(target: Any, command: str, on_data: OnData) -> PlainResult:
     name = getattr(target, "name", None)
     proc = None
     try:
-        proc = await conn.create_process(guarded(command), encoding=None, stdin=asyncssh.DEVNULL)
+        # stdin=PIPE and never written: its EOF is the guard's signal that the session is gone
+        proc = await conn.create_process(guarded(command), encoding=None, stdin=asyncssh.PIPE)
         await asyncio.gather(_pump(proc.stdout, on_data, False), _pump(proc.stderr, on_data, True))
         await proc.wait(check=False)
     except asyncio.CancelledError:
