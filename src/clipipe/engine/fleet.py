@@ -31,7 +31,7 @@ from clipipe.errors import (AgentError, AuthError, ClipipeError, HostKeyError, T
                             UnreachableError)
 from clipipe.spec import templates
 from clipipe.spec.model import Pipeline
-from clipipe.targets import plainexec
+from clipipe.targets import plainexec, preconnect
 from clipipe.targets.base import Target
 
 #: Exit status of a fleet run: every host ok / some failed / some unreachable / both.
@@ -362,6 +362,7 @@ class Fleet:
     async def run(self) -> FleetResult:
         """Run every host, `forks` at a time; Ctrl-C / SIGTERM cancels what runs, then reports."""
         started = time.time()
+        self._preconnect()
         sem = asyncio.Semaphore(self.forks)
         tasks = [asyncio.ensure_future(self._host(h, sem)) for h in self.hosts]
         gathered = asyncio.gather(*tasks)
@@ -373,6 +374,7 @@ class Fleet:
             status = "cancelled"
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            preconnect.discard_all()
             await self.pool.close()
         hosts = [self.results[h] for h in self.hosts]
         for h in hosts:
@@ -382,6 +384,14 @@ class Fleet:
         if status != "cancelled" and any(h.status != "ok" for h in hosts):
             status = "failed"
         return FleetResult(hosts, started, time.time(), self.forks, status, self._max_running)
+
+    def _preconnect(self) -> None:
+        """Start the TCP connects of the first `forks` ssh hosts before their targets are made."""
+        contexts = self.pool.contexts()
+        if not contexts:
+            return
+        first = [contexts.get(h) for h in self.hosts[:self.forks]]
+        preconnect.start([d.settings for d in first if d.type == "ssh"])
 
     async def _host(self, host: str, sem: asyncio.Semaphore) -> None:
         res = self.results[host]

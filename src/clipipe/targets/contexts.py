@@ -216,9 +216,12 @@ def known_types() -> list[str]:
 
 def settings_class(kind: str) -> type | None:
     """The settings dataclass of target type `kind`, importing its module on first use."""
-    if kind not in REGISTRY and kind.isidentifier():
+    # `<kind>settings` first: a type may keep its settings apart from its (heavier) target module
+    for module in (f"clipipe.targets.{kind}settings", f"clipipe.targets.{kind}"):
+        if kind in REGISTRY or not kind.isidentifier():
+            break
         try:
-            importlib.import_module(f"clipipe.targets.{kind}")
+            importlib.import_module(module)
         except ImportError:
             pass
     if kind in REGISTRY:
