@@ -308,10 +308,16 @@ class _SSHCore:
         return any(_is_stream_fd(fd) for fd in (io.stdin, io.stdout))
 
     async def kill_remote_group(self, pgid: int) -> None:
-        """SIGKILL a remote process group over the control connection."""
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.conn.run(f"kill -KILL -{int(pgid)}", check=False), 5)
+        """SIGKILL a remote process group over the asyncssh connection, else over the mux master."""
+        command = f"kill -KILL -{int(pgid)}"
+        with contextlib.suppress(Exception):
+            if self.conn is not None:
+                await asyncio.wait_for(self.conn.run(command, check=False), 5)
+            elif self.mux is not None and self.mux.alive():
+                proc = await asyncio.create_subprocess_exec(
+                    *self.mux.session_argv(command, no_stdin=True), stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL, env=self.mux.env)
+                await asyncio.wait_for(proc.wait(), 5)
 
     async def run_mux(self, master: OpenSSHMaster, procs: list[ProcSpec], io: SegmentIO) -> list[ProcOutcome]:
         """Run a segment as an OpenSSH mux session; record it as an `openssh-mux` stream."""
@@ -376,8 +382,7 @@ class _SSHCore:
     async def close_connections(self) -> None:
         """Close the mux master, the asyncssh connection and a jump connection we own."""
         if self.mux is not None:
-            await self.mux.close()
-            self.mux = None
+            await self.mux.close()          # kept: its figures stay in describe(); a new use restarts it
         for attr in ("conn", "jump_conn"):
             c = getattr(self, attr)
             if c is not None:
@@ -389,11 +394,13 @@ class _SSHCore:
     def describe_connection(self) -> dict[str, Any]:
         """Settings and measured facts for `context show` and the operation record."""
         s = self.settings
+        mux_only = self.mux is not None and not self.info.connect_seconds    # no asyncssh connection
         return {
             "name": self.name, "type": "ssh",
             "address": f"ssh://{s.user + '@' if s.user else ''}{s.host}:{self.port}",
-            "connect_seconds": round(self.info.connect_seconds, 4),
-            "transport": self.info.transport,
+            "connect_seconds": round(self.mux.connect_seconds if self.mux is not None and mux_only
+                                     else self.info.connect_seconds, 4),
+            "transport": "openssh" if mux_only else self.info.transport,
             "agent": dict(self.info.agent),
             "fallback": self.info.fallback,
             "data_plane": s.data_plane,
@@ -539,21 +546,23 @@ class SSHTarget(_SSHCore, _Base):
         return proc.exit_status
 
     async def run_segment(self, procs: list[ProcSpec], io: SegmentIO) -> list[ProcOutcome]:
-        """Run a segment by the agent, the OpenSSH mux or raw exec (see the module docstring)."""
-        mux = self.wants_mux(io)
+        """Run a segment by the OpenSSH mux, the agent or raw exec (see the module docstring).
+
+        A bulk segment needs neither the agent nor the asyncssh connection: when the mux master comes
+        up, nothing else is opened for it (the agent boots when a later segment first needs it). When
+        the master can't start, the agent path opens the connection and reports why in typed errors.
+        """
         try:
-            if mux:     # the ControlMaster handshake overlaps the agent's boot
-                master = (await asyncio.gather(self.mux_master(), self.open()))[0]
-            else:
+            master = await self.mux_master() if self.wants_mux(io) else None
+            if master is None:
                 await self.open()
         except BaseException:
             io.close()
             raise
-        if mux:
-            if master is not None:
-                outcomes = await self.run_mux(master, procs, io)
-                self.last_stats = self.stream_stats[-1]
-                return outcomes
+        if master is not None:
+            outcomes = await self.run_mux(master, procs, io)
+            self.last_stats = self.stream_stats[-1]
+            return outcomes
         if self.info.fallback is not None:
             outcomes = await self.run_raw(procs, io)
             self.last_stats = self.stream_stats[-1]
