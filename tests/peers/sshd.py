@@ -55,6 +55,23 @@ def ensure_test_user(name: str = TEST_USER) -> str:
     return name
 
 
+def ensure_password_user(name: str, password: str) -> str:
+    """A login user whose password is `password` (for `password_env` tests); needs root."""
+    if os.getuid() != 0:
+        raise PermissionError("creating a password user needs root")
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        r = subprocess.run(["useradd", "--create-home", "--home-dir", f"/home/{name}",
+                            "--shell", "/bin/sh", name], capture_output=True, text=True)
+        if r.returncode not in (0, 9):
+            raise RuntimeError(f"useradd {name}: {r.stderr.strip()}")
+    hashed = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    subprocess.run(["usermod", "-p", hashed, name], check=True, capture_output=True)
+    return name
+
+
 def free_port(host: str) -> int:
     """A TCP port that is free on `host` right now."""
     with socket.socket() as s:
