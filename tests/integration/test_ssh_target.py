@@ -121,6 +121,24 @@ def test_three_proc_segment_and_reused_connection(sshd, plane):
     assert reused
 
 
+@pytest.mark.parametrize("plane", ["agent", "openssh"])
+def test_each_proc_of_a_segment_keeps_its_own_stderr(sshd, plane):
+    c = contexts_for(sshd.contexts_yaml("h", data_plane=plane))
+
+    async def go():
+        try:
+            return await segment(c.make_target("h"), ["echo first-err >&2; echo data",
+                                                       "cat; echo second-err >&2; echo more >&2"],
+                                 stdin=b"")
+        finally:
+            await c.close_all()
+
+    outcomes, out, errs = run(go())
+    assert all(o.ok for o in outcomes)
+    assert out == b"data\n"
+    assert errs == [b"first-err\n", b"second-err\nmore\n"]
+
+
 def test_signal_is_reported(sshd):
     c = contexts_for(sshd.contexts_yaml("h", data_plane="openssh"))
 

@@ -332,15 +332,16 @@ class _SSHCore:
         """Run a segment as one remote `sh` script over an asyncssh exec channel."""
         conn = await self.connect()
         nonce = new_nonce()
-        parser = StatusParser(nonce, len(procs))
         router = StderrRouter(list(io.stderr))
+        parser = StatusParser(nonce, len(procs), on_line=router.write_to)
         stats = StreamStats(path="raw-exec")
         started = time.time()
         stdin = io.stdin if io.stdin is not None else asyncssh.DEVNULL
         stdout = io.stdout if io.stdout is not None else asyncssh.DEVNULL
         proc = None
         try:
-            proc = await conn.create_process(remote_command(segment_script(procs, nonce)),
+            proc = await conn.create_process(remote_command(segment_script(procs, nonce,
+                                                                           tag_stderr=router.wants_split)),
                                              encoding=None, stdin=stdin, stdout=stdout,
                                              stderr=asyncssh.PIPE)
             async for chunk in _iter_reader(proc.stderr):

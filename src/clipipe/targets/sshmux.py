@@ -65,13 +65,28 @@ def proc_line(p: ProcSpec) -> str:
     return "(" + "; ".join(parts) + ")"
 
 
-def segment_script(procs: list[ProcSpec], nonce: str, guard: bool = True) -> str:
-    """The remote `sh` script that runs `procs` joined by pipes and reports statuses on fd 9 (stderr)."""
+def _tagged_stage(i: int, p: ProcSpec, nonce: str) -> str:
+    """A stage whose stderr lines reach fd 9 as `<nonce>:e<i>:<line>` (its stdout goes on, via fd 3)."""
+    tagger = f"awk -v p={nonce}:e{i}: '{{ print p $0; fflush() }}' >&9"
+    return f"{{ {{ {proc_line(p)} 2>&1 >&3 3>&-; echo {nonce}:{i}:$? >&9; }} | {tagger}; }} 3>&1"
+
+
+def segment_script(procs: list[ProcSpec], nonce: str, guard: bool = True, tag_stderr: bool = False) -> str:
+    """The remote `sh` script that runs `procs` joined by pipes and reports statuses on fd 9 (stderr).
+
+    With `tag_stderr`, each proc's stderr lines are tagged with its index so the one merged SSH stderr
+    can be split back per step (see StatusParser.on_line); where the host has no awk the stderrs
+    arrive merged, as without tagging. A last stderr line without newline gets one.
+    """
     lines = ["exec 9>&2", f"echo {nonce}:pid:$$ >&9"]
     if guard:
         lines.append(_GUARD.format(period=WATCHDOG_PERIOD))
-    stages = [f"{{ {proc_line(p)}; echo {nonce}:{i}:$? >&9; }}" for i, p in enumerate(procs)]
-    lines.append(" | ".join(stages))
+    plain = " | ".join(f"{{ {proc_line(p)}; echo {nonce}:{i}:$? >&9; }}" for i, p in enumerate(procs))
+    if tag_stderr:
+        tagged = " | ".join(_tagged_stage(i, p, nonce) for i, p in enumerate(procs))
+        lines.append(f"if command -v awk >/dev/null 2>&1; then\n{tagged}\nelse\n{plain}\nfi")
+    else:
+        lines.append(plain)
     if guard:
         lines.append("kill $w 2>/dev/null")
     lines.append("exit 0")
@@ -99,6 +114,7 @@ class StatusParser:
     n: int
     statuses: dict[int, int] = field(default_factory=dict)
     pid: int | None = None
+    on_line: Callable[[int, bytes], None] | None = None   #: receives proc i's tagged stderr lines
     _buf: bytes = b""
 
     def feed(self, data: bytes) -> bytes:
@@ -124,8 +140,14 @@ class StatusParser:
                 self._buf = self._buf[i:]
                 return bytes(out)
             out += self._buf[:i]
-            self._marker(self._buf[i + len(token):j].decode(errors="replace"))
+            body = self._buf[i + len(token):j]
             self._buf = self._buf[j + 1:]
+            index, sep, line = body[1:].partition(b":")
+            if body.startswith(b"e") and sep and index.isdigit() and int(index) < self.n:
+                if self.on_line is not None:
+                    self.on_line(int(index), line + b"\n")
+                continue
+            self._marker(body.decode(errors="replace"))
 
     def flush(self) -> bytes:
         """Whatever is left at EOF (a partial line that was not a marker)."""
@@ -173,7 +195,8 @@ def write_all(fd: int, data: bytes) -> None:
 class StderrRouter:
     """Sends the procs' merged remote stderr to their controller fds.
 
-    Over one SSH channel the procs' stderrs arrive merged; they go to the first proc's fd that is
+    Over one SSH channel the procs' stderrs arrive merged: lines the segment script tagged with a
+    proc's index (`write_to`) go to that proc's fd; untagged bytes go to the first proc's fd that is
     not None (with one proc, exactly where they belong).
     """
 
@@ -185,6 +208,17 @@ class StderrRouter:
         """Forward proc stderr bytes."""
         if data and self.dest is not None:
             write_all(self.dest, data)
+
+    def write_to(self, i: int, data: bytes) -> None:
+        """Forward a line known to be proc i's stderr to proc i's fd (None: discarded)."""
+        fd = self.fds[i] if i < len(self.fds) else None
+        if fd is not None:
+            write_all(fd, data)
+
+    @property
+    def wants_split(self) -> bool:
+        """True when the procs' stderrs go to different places (worth tagging them remotely)."""
+        return self.dest is not None and len(set(self.fds)) > 1
 
     def close(self) -> None:
         """Close every stderr fd (the target owns them)."""
@@ -298,14 +332,15 @@ async def run_over_mux(master: OpenSSHMaster, procs: list[ProcSpec], stdin: int 
                        kill_remote: Callable[[int], object]) -> list[ProcOutcome]:
     """Run a segment as one `ssh -S` session whose stdin/stdout are the controller's own fds."""
     nonce = new_nonce()
-    parser = StatusParser(nonce, len(procs))
     router = StderrRouter(stderr)
+    parser = StatusParser(nonce, len(procs), on_line=router.write_to)
     devnull = os.open(os.devnull, os.O_RDWR)
     r_err, w_err = os.pipe()
     started = time.time()
     proc = None
     try:
-        argv = master.session_argv(remote_command(segment_script(procs, nonce)), stdin is None)
+        script = segment_script(procs, nonce, tag_stderr=router.wants_split)
+        argv = master.session_argv(remote_command(script), stdin is None)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=stdin if stdin is not None else devnull,
             stdout=stdout if stdout is not None else devnull, stderr=w_err, env=master.env,
