@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -276,3 +277,35 @@ def test_no_stale_targets_across_runs(fleet: list[SSHServer], home: Path) -> Non
         assert all(t.conn is None for t in made)
         conns.append({id(t) for t in made})
     assert not conns[0] & conns[1]
+
+
+def test_rerun_failed_runs_only_the_hosts_that_did_not_succeed(home: Path, tmp_path: Path) -> None:
+    flag = Path(tempfile.mkdtemp(prefix="clipipe-rerun-")) / "fixed"   # readable by the login user
+    os.chmod(flag.parent, 0o755)             # the failure goes away once this file exists
+    cmd = (f'case "{WHERE}" in 127.0.0.4|127.0.0.6) test -e {flag} || {{ echo broken >&2; exit 3; }};; esac; '
+           f'echo ran on {WHERE}')
+    nothing = cli(home, "run", "-c", "with-dead", "--rerun-failed", cmd)
+    assert nothing.returncode == 2 and "no earlier fleet run of this command" in nothing.stderr
+
+    first = cli(home, "run", "-c", "with-dead", "--json", cmd)
+    assert first.returncode == 4, first.stderr
+    first_id = json.loads(first.stdout)["id"]
+
+    flag.write_text("")
+    again = cli(home, "run", "--rerun-failed", cmd)
+    assert again.returncode == 3, again.stderr         # web-3 and web-5 now ok; dead is still dead
+    assert f"Rerunning 3 host(s) that did not succeed in {first_id}: web-3, web-5, dead" in again.stderr
+    assert sorted(again.stdout.splitlines()) == ["web-3 | ran on 127.0.0.4", "web-5 | ran on 127.0.0.6"]
+    rec = json.loads(cli(home, "ops", "list", "--json", "-n", "1").stdout.splitlines()[0])
+    assert rec["rerun_of"] == first_id
+    assert {h: v["status"] for h, v in by_host(rec).items()} == {
+        "web-3": "ok", "web-5": "ok", "dead": "unreachable"}
+
+    within = cli(home, "run", "-c", "web", "--rerun-failed", cmd)   # dead is outside -c web
+    assert within.returncode == 0, within.stderr
+    assert "Nothing to rerun" in within.stderr
+    last = cli(home, "run", "--rerun-failed", cmd)                  # the newest run: only dead
+    assert last.returncode == 3 and "Rerunning 1 host(s)" in last.stderr
+    assert "dead" in last.stderr and "web-3" not in last.stdout
+    flag.unlink()
+    flag.parent.rmdir()

@@ -80,11 +80,14 @@ def is_pipeline_file(arg: str) -> bool:
 @click.option("--dry-run", is_flag=True, help="Show what would run where, and run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the operation record as JSON on stdout "
               "(steps' output goes to stderr).")
+@click.option("--rerun-failed", is_flag=True, help="Fleet runs: only the hosts that failed, were "
+              "unreachable or were interrupted in the newest earlier fleet run of the same command or "
+              "pipeline (within -c/--limit when given).")
 @click.option("-h", "--help", "show_help", is_flag=True, help="Show this message (with a PIPELINE: its params).")
 @click.pass_context
 def run(ctx: click.Context, target_arg: str | None, context: str | None, limit: str | None,
         inventories: tuple[str, ...], forks: int, output_mode: str, jobs: int, quiet: bool,
-        progress: str, dry_run: bool, as_json: bool, show_help: bool) -> int:
+        progress: str, dry_run: bool, as_json: bool, rerun_failed: bool, show_help: bool) -> int:
     """Run a pipeline file or an ad-hoc command."""
     root = ctx.find_root().obj or {}
     extra = list(ctx.args)
@@ -114,13 +117,50 @@ def run(ctx: click.Context, target_arg: str | None, context: str | None, limit: 
         pipeline = parse.adhoc_pipeline(target_arg)
         given = {}
     pool = make_pool(opts.contexts_path, inventories)
-    if context is not None or limit is not None:
+    rerun_of = None
+    if rerun_failed:
+        hosts, rerun_of = _hosts_to_rerun(pipeline, pool, context, limit, quiet or as_json)
+        if not hosts:
+            return 0
+    elif context is not None or limit is not None:
         hosts = select(pool.contexts(), context or "all", limit)
-        if len(hosts) > 1:
-            fopts = FleetOptions(hosts, context or "all", limit, forks, output_mode)
-            return _run_fleet(pipeline, given, pool, opts, fopts, as_json)
-        opts.context = hosts[0]
+    else:
+        return _run_commands(pipeline, given, opts, as_json, pool)
+    if len(hosts) > 1 or rerun_of is not None:
+        fopts = FleetOptions(hosts, context or "all", limit, forks, output_mode, rerun_of)
+        return _run_fleet(pipeline, given, pool, opts, fopts, as_json)
+    opts.context = hosts[0]
     return _run_commands(pipeline, given, opts, as_json, pool)
+
+
+def _hosts_to_rerun(pipeline: Any, pool: TargetPool, context: str | None, limit: str | None,
+                    silent: bool) -> tuple[list[str], str | None]:
+    """--rerun-failed: the hosts to run again and the id of the run they failed in ([] = nothing)."""
+    from clipipe.engine import rerun
+
+    adhoc = pipeline.path == "<command line>"
+    what = "command" if adhoc else "pipeline"
+    rec = rerun.previous_fleet(open_store(), command=pipeline.steps[0].command if adhoc else None,
+                               file=None if adhoc else pipeline.path)
+    if rec is None:
+        raise UserError(f"--rerun-failed: no earlier fleet run of this {what} in the operation records",
+                        hint="run it on a fleet first (clipipe run -c GROUP ...); see `clipipe ops list`")
+    again = rerun.hosts_to_rerun(rec)
+    known = set(pool.contexts().names()) if pool.contexts() else set()
+    if context is not None or limit is not None:
+        chosen = set(select(pool.contexts(), context or "all", limit))
+        again = [h for h in again if h in chosen]
+    gone = [h for h in again if h not in known]
+    if gone:
+        raise UserError(f"--rerun-failed: {', '.join(gone)} from run {rec['id']} no longer exist in the "
+                        "contexts (contexts.yaml or --inventory)")
+    if not silent:
+        if again:
+            click.echo(f"Rerunning {len(again)} host(s) that did not succeed in {rec['id']}: "
+                       f"{', '.join(again)}", err=True)
+        else:
+            click.echo(f"Nothing to rerun: every selected host of {rec['id']} ended ok", err=True)
+    return again, rec["id"]
 
 
 def _run_commands(pipeline: Any, given: dict[str, Any], opts: RunOptions, as_json: bool,
@@ -329,6 +369,7 @@ class FleetOptions:
     limit: str | None
     forks: int
     output: str
+    rerun_of: str | None = None        #: --rerun-failed: the run whose failed hosts these are
 
 
 def _run_fleet(pipeline: Any, given: dict[str, Any], pool: TargetPool, opts: RunOptions,
@@ -356,6 +397,8 @@ def _run_fleet(pipeline: Any, given: dict[str, Any], pool: TargetPool, opts: Run
     store = open_store()
     result = asyncio.run(fleet.run())
     record = fleet_record(fleet, result, fopts.selection, fopts.limit)
+    if fopts.rerun_of:
+        record["rerun_of"] = fopts.rerun_of
     store.save_op(record)
     if fopts.output == "json":
         fleetview.write_json_lines(result, sys.stderr if as_json else sys.stdout)

@@ -26,6 +26,7 @@ from clipipe import __version__
 from clipipe.engine.operation import Prepared, TargetPool, cancel_on_signals, prepare
 from clipipe.engine.output import Console
 from clipipe.engine.record import iso, ms, new_op_id
+from clipipe.engine import rerun
 from clipipe.engine.runner import Runner
 from clipipe.errors import (AgentError, AuthError, ClipipeError, HostKeyError, TargetError,
                             UnreachableError)
@@ -578,7 +579,8 @@ def fleet_record(fleet: Fleet, result: FleetResult, selection: str, limit: str |
               or not fleet.adhoc else "command"} for h in result.hosts for s in h.steps]
     rec: dict[str, Any] = {
         "id": fleet.op_id, "type": "fleet", "clipipe": __version__, "pipeline": p.name,
-        "file": p.path, "status": result.status, "started": iso(result.started), "ended": iso(result.ended),
+        "file": p.path, "file_abs": None if fleet.adhoc else rerun.pipeline_key(p.path),
+        "status": result.status, "started": iso(result.started), "ended": iso(result.ended),
         "started_ts": result.started, "duration_ms": ms(result.ended - result.started),
         "params": params_mod.masked(p, prep.values),
         "selection": selection, "limit": limit, "forks": result.forks, "max_running": result.max_running,
