@@ -309,3 +309,15 @@ def test_rerun_failed_runs_only_the_hosts_that_did_not_succeed(home: Path, tmp_p
     assert "dead" in last.stderr and "web-3" not in last.stdout
     flag.unlink()
     flag.parent.rmdir()
+
+
+def test_live_fleet_status_line_on_a_terminal_leaves_the_output_intact(home: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "clipipe", "--contexts", str(home / "contexts.yaml"), "run",
+                        "-c", "web", "--progress", "tty", "sleep 0.5; echo done on " + WHERE],
+                       capture_output=True, timeout=60, env=env_for(home))   # bytes: \r stays \r
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == 0, err
+    assert sorted(out.splitlines()) == sorted(f"{n.ljust(6)} | done on 127.0.0.{i + 2}" for i, n in enumerate(NAMES))
+    assert "fleet 0/10 done: none yet; " in err and "\r\033[K" in err
+    tail = err.rsplit("\r\033[K", 1)[1]                # the status line is gone before the summary
+    assert "fleet " not in tail and "10 hosts: 10 ok" in tail

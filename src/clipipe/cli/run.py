@@ -133,6 +133,15 @@ def run(ctx: click.Context, target_arg: str | None, context: str | None, limit: 
     return _run_commands(pipeline, given, opts, as_json, pool)
 
 
+def _fleet_progress(opts: RunOptions, as_json: bool) -> str:
+    """tty (a live status line), plain (a status line now and then) or quiet, from --progress/-q."""
+    if opts.quiet or opts.progress == "quiet":
+        return "quiet"
+    if opts.progress in ("tty", "plain"):
+        return opts.progress
+    return "tty" if sys.stderr.isatty() else ("quiet" if as_json else "plain")
+
+
 def _hosts_to_rerun(pipeline: Any, pool: TargetPool, context: str | None, limit: str | None,
                     silent: bool) -> tuple[list[str], str | None]:
     """--rerun-failed: the hosts to run again and the id of the run they failed in ([] = nothing)."""
@@ -383,7 +392,7 @@ def _run_fleet(pipeline: Any, given: dict[str, Any], pool: TargetPool, opts: Run
     adhoc = pipeline.path == "<command line>"
     console = Console(out=sys.stderr if as_json else sys.stdout, err=sys.stderr)
     fleet = Fleet(pipeline, given, fopts.hosts, pool, console, forks=fopts.forks, mode=fopts.output,
-                  jobs=opts.jobs, adhoc=adhoc)
+                  jobs=opts.jobs, adhoc=adhoc, progress=_fleet_progress(opts, as_json))
     console.scrub = fleet.prep.scrub
     if opts.dry_run:
         for line in fleetview.dry_run_lines(fopts.hosts, pipeline.steps[0].command if adhoc else None):

@@ -46,6 +46,11 @@ KEEP_BYTES = 1024 * 1024
 
 OUTPUT_MODES = ("prefix", "grouped", "json")
 
+#: Seconds between redraws of the live status line on a terminal.
+TTY_REDRAW = 0.2
+#: Seconds between plain status lines (logs, CI): a long run shows it is alive, a short one stays quiet.
+PLAIN_EVERY = 10.0
+
 
 # ------------------------------------------------------------------------------------------ targets
 class FleetPool(TargetPool):
@@ -334,7 +339,7 @@ class Fleet:
 
     def __init__(self, pipeline: Pipeline, given: dict[str, Any], hosts: list[str], pool: FleetPool,
                  console: Console, *, forks: int = DEFAULT_FORKS, mode: str = "prefix", jobs: int = 8,
-                 op_id: str | None = None, adhoc: bool = False) -> None:
+                 op_id: str | None = None, adhoc: bool = False, progress: str = "quiet") -> None:
         if mode not in OUTPUT_MODES:
             raise ValueError(f"unknown output mode {mode!r}")
         self.pipeline = pipeline
@@ -354,6 +359,8 @@ class Fleet:
         self._max_running = 0
         self._shown: dict[str, str] = {}          #: digest -> first host shown with it (grouped)
         self._explicit = {c for s in pipeline.steps for c in [s.context] if c}
+        #: "tty": a live status line under the output; "plain": a status line every PLAIN_EVERY s
+        self.progress = progress
 
     @property
     def prep(self) -> Prepared:
@@ -367,6 +374,7 @@ class Fleet:
         sem = asyncio.Semaphore(self.forks)
         tasks = [asyncio.ensure_future(self._host(h, sem)) for h in self.hosts]
         gathered = asyncio.gather(*tasks)
+        ticker = asyncio.ensure_future(self._show_progress()) if self.progress != "quiet" else None
         status = "ok"
         try:
             with cancel_on_signals(gathered):
@@ -375,6 +383,9 @@ class Fleet:
             status = "cancelled"
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            if ticker is not None:
+                ticker.cancel()
+            self.console.clear_status()
             preconnect.discard_all()
             await self.pool.close()
         hosts = [self.results[h] for h in self.hosts]
@@ -385,6 +396,28 @@ class Fleet:
         if status != "cancelled" and any(h.status != "ok" for h in hosts):
             status = "failed"
         return FleetResult(hosts, started, time.time(), self.forks, status, self._max_running)
+
+    def progress_text(self) -> str:
+        """`fleet 23/50 done: 21 ok, 1 failed, 1 unreachable; 10 running` (counts so far)."""
+        counts: dict[str, int] = {}
+        for r in self.results.values():
+            counts[r.status] = counts.get(r.status, 0) + 1
+        ended = [k for k in ("ok", "failed", "unreachable", "cancelled") if counts.get(k)]
+        done = sum(counts.get(k, 0) for k in ended)
+        parts = ", ".join(f"{counts[k]} {k}" for k in ended) or "none yet"
+        return (f"fleet {done}/{len(self.hosts)} done: {parts}; {counts.get('running', 0)} running, "
+                f"{counts.get('pending', 0)} waiting")
+
+    async def _show_progress(self) -> None:
+        """Redraw the TTY status line, or print a plain status line now and then."""
+        if self.progress == "tty":
+            self.console.status = self.progress_text
+            while True:
+                self.console.redraw()
+                await asyncio.sleep(TTY_REDRAW)
+        while True:
+            await asyncio.sleep(PLAIN_EVERY)
+            self.console.note(self.progress_text())
 
     def _preconnect(self) -> None:
         """Start the TCP connects of the first `forks` ssh hosts before their targets are made."""

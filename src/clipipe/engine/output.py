@@ -27,6 +27,41 @@ class Console:
         self._lock = threading.Lock()
         self.prefix_width = 0
         self.host_width = 0          #: width of host names in a fleet run's `host | line` output
+        #: A live last line on a terminal stderr (fleet progress): erased before every write, redrawn after.
+        self.status: Callable[[], str] | None = None
+        self._status_shown = False
+
+    def _write(self, stream: IO[str], text: str) -> None:
+        with self._lock:
+            if self._status_shown:
+                self.err.write("\r\033[K")
+                self._status_shown = False
+            stream.write(text)
+            stream.flush()
+            self._draw_status()
+
+    def _draw_status(self) -> None:
+        if self.status is not None:
+            self.err.write(self.status())
+            self.err.flush()
+            self._status_shown = True
+
+    def redraw(self) -> None:
+        """Redraw the status line (a no-op without one)."""
+        if self.status is None:
+            return
+        with self._lock:
+            self.err.write("\r\033[K" if self._status_shown else "")
+            self._draw_status()
+
+    def clear_status(self) -> None:
+        """Remove the status line for good (before the end-of-run summary)."""
+        with self._lock:
+            if self._status_shown:
+                self.err.write("\r\033[K")
+                self.err.flush()
+            self.status = None
+            self._status_shown = False
 
     def line(self, text: str, *, prefix: str | None = None, err: bool = False) -> None:
         """Write one line (newline added), with `[prefix] ` when given."""
@@ -34,9 +69,7 @@ class Console:
         text = self.scrub(text)
         if prefix:
             text = f"{('[' + prefix + ']').ljust(self.prefix_width + 2)} {text}"
-        with self._lock:
-            stream.write(text + "\n")
-            stream.flush()
+        self._write(stream, text + "\n")
 
     def note(self, text: str) -> None:
         """A status line of clipipe itself (stderr)."""
@@ -49,10 +82,7 @@ class Console:
     def block(self, lines: list[str], *, err: bool = False) -> None:
         """Several lines written together (no other host's line lands in between)."""
         stream = self.err if err else self.out
-        text = "".join(self.scrub(x) + "\n" for x in lines)
-        with self._lock:
-            stream.write(text)
-            stream.flush()
+        self._write(stream, "".join(self.scrub(x) + "\n" for x in lines))
 
 
 async def _read_chunks(fd: int) -> "asyncio.StreamReader":
