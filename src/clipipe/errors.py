@@ -14,6 +14,7 @@
     ├── StepError                   a step failed: exit status, signal, tail of stderr (exit 1)
     ├── AgentError                  the remote agent reported an exception (exit 3)
     ├── RecordError                 a record could not be read, processed or written (exit 1)
+    ├── TransferError               a transfer failed: unreadable source, refused write, digests differ (exit 1)
     └── InternalError               a bug in clipipe; the CLI asks for a report (exit 70)
 
 Third-party exceptions are mapped once, at the boundary that calls the library, with `raise ... from exc`.
@@ -143,6 +144,12 @@ class AgentError(ClipipeError):
 
 class RecordError(ClipipeError):
     """A record source, step or output failed."""
+
+    exit_code = 1
+
+
+class TransferError(ClipipeError):
+    """A `clipipe transfer` (or transfer step) could not copy, verify or rename into place."""
 
     exit_code = 1
 

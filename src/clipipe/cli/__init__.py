@@ -21,6 +21,7 @@ _COMMANDS = {
     "explain": ("clipipe.cli.inspect", "explain"),
     "ops": ("clipipe.cli.ops", "ops"),
     "context": ("clipipe.cli.context", "context"),
+    "transfer": ("clipipe.cli.transfer", "transfer"),
 }
 
 

@@ -356,6 +356,19 @@ class Contexts:
             raise ContextError(f"unknown context {name!r}" + did_you_mean(name, self.defs),
                                hint=f"contexts from {self.source}: {', '.join(self.defs)}") from None
 
+    def variant(self, name: str, suffix: str, **overrides: Any) -> str:
+        """A derived context `name:suffix` whose settings differ by `overrides` (e.g. another pod)."""
+        derived = f"{name}:{suffix}"
+        if derived not in self.defs:
+            d = self.get(name)
+            try:
+                settings = dataclasses.replace(d.settings, **overrides)
+            except TypeError as exc:
+                raise ContextError(f"context {name!r} ({d.type}) has no setting for {suffix!r}",
+                                   mark=d.mark) from exc
+            self.defs[derived] = ContextDef(derived, d.type, settings, d.mark, False, d.description)
+        return derived
+
     def make_target(self, name: str) -> Target:
         """The (cached) target of context `name`: one instance per name for the whole run."""
         if name in self._targets:
