@@ -236,20 +236,27 @@ def test_inventory_driven_run(home: Path, fleet: list[SSHServer]) -> None:
     assert [json.loads(x)["host"] for x in r.stdout.splitlines()] == names[:3]
 
 
-def test_pipeline_on_a_fleet_reuses_one_agent_per_host(home: Path) -> None:
+def test_pipeline_on_a_fleet_reuses_one_connection_and_one_agent_per_host(home: Path) -> None:
     (home / "p.yaml").write_text(
-        "name: two-steps\nsteps:\n"
+        "name: three-steps\nsteps:\n"
         "  - {name: first, command: 'echo one'}\n"
-        "  - {name: second, command: 'echo two; exit 0', depends_on: [first]}\n")
+        "  - {name: second, command: 'echo two; exit 0', depends_on: [first]}\n"
+        "  - {name: gen, command: 'seq 3', output: stream, depends_on: [second]}\n"
+        "  - {name: total, command: 'paste -sd+ | bc', input: pipe}\n")
     r = cli(home, "run", "-c", "odd", "--json", str(home / "p.yaml"))
     assert r.returncode == 0, r.stderr
     rec = json.loads(r.stdout)
     assert "web-3 | [first] one" in r.stderr and "web-3 | [second] two" in r.stderr
+    assert "web-3 | [total] 6" in r.stderr
     for h in rec["hosts"]:
-        assert [s["name"] for s in h["steps"]] == ["first", "second"]
+        assert [s["name"] for s in h["steps"]] == ["first", "second", "gen", "total"]
         assert all(s["status"] == "ok" for s in h["steps"])
-        assert h["target"]["agent"], h["target"]            # both steps ran through one agent
-        assert h["target"]["transport"] == "asyncssh+agent"
+        t = h["target"]
+        # the two plain commands took exec channels of the host's one connection; the piped pair ran
+        # as one segment through the agent, booted once for it
+        assert t["streams"]["exec"]["segments"] == 2, t
+        assert t["streams"]["agent"]["segments"] == 1, t
+        assert t["agent"]["hostname"] and t["transport"] == "asyncssh+agent"
 
 
 def test_no_stale_targets_across_runs(fleet: list[SSHServer], home: Path) -> None:

@@ -117,3 +117,45 @@ def test_sigkilled_fleet_adhoc_run_leaves_nothing_on_hosts(tmp_path, sshd, sshd_
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_adhoc_on_one_host_takes_a_plain_exec_channel_not_the_agent(clipipe, tmp_path, sshd):
+    ctx = contexts_file(tmp_path, (sshd, "web"))
+    res = clipipe("--contexts", str(ctx), "run", "-c", "web", "--json",
+                  "cd /tmp && pwd; printf 'no newline'; echo to-err >&2; exit 3")
+    assert res.code == 1
+    rec = json.loads(res.out)
+    used = {c["name"]: c for c in rec["contexts_used"]}["web"]
+    assert used["streams"] == {"exec": {"segments": 1, "bytes_in": 0, "bytes_out": len("/tmp\nno newline")}}
+    assert used["agent"] == {} and used["openssh_mux"] is None      # nothing booted, no master
+    assert rec["steps"][0]["exit_code"] == 3
+    plain = clipipe("--contexts", str(ctx), "run", "-c", "web", "printf 'a\\0b'; echo err >&2")
+    assert plain.code == 0 and plain.out == "a\0b" and "err" in plain.err   # byte-exact stdout
+
+
+def test_sigkilled_single_host_adhoc_run_leaves_nothing_on_the_host(tmp_path, sshd):
+    import secrets
+    import subprocess
+    import sys
+    import time
+
+    from tests.integration.test_ssh_target import remote_matches
+
+    marker = f"1000.{secrets.randbelow(10**6):06d}"
+    ctx = write(tmp_path / "c.yaml", "contexts:\n" + sshd.contexts_yaml("h1"))
+    proc = subprocess.Popen([sys.executable, "-m", "clipipe", "--contexts", str(ctx), "run", "-c", "h1",
+                             f"sleep {marker}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not remote_matches(sshd, marker):
+            assert time.monotonic() < deadline, "the remote sleep should be running"
+            time.sleep(0.2)
+        proc.kill()                     # SIGKILL: no cleanup code runs in the controller
+        proc.wait()
+        deadline = time.monotonic() + 8
+        while remote_matches(sshd, marker) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert remote_matches(sshd, marker) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -490,7 +490,9 @@ class Fleet:
 
         assert res.output is not None
         console = HostConsole(res.output, self.console, multi_step=len(prep.plan.steps) > 1)
-        runner = Runner(prep.plan, prep.values, get, console, jobs=self.jobs)
+        contexts = set(prep.plan.contexts.values()) | {host}
+        runner = Runner(prep.plan, prep.values, get, console, jobs=self.jobs,
+                        remote_contexts=self.pool.remote_names(contexts))  # piped steps join on the host
         runner.direct_output = False           # every line goes through the host's output
         result = await runner.run()
         res.steps = [r.to_json(prep.scrub) for r in result.steps.values()]

@@ -146,8 +146,12 @@ class Wiring:
             self.sinks.append(sink)
             self.readers.append(sink)
             return w
-        if direct:
-            return os.dup(2 if output == "stderr" else 1)
+        if direct:  # the console's own stream (stderr under --json, so the record alone is on stdout)
+            stream = console.err if output == "stderr" else console.out
+            try:
+                return os.dup(stream.fileno())
+            except (AttributeError, OSError, ValueError):   # not a real file (tests): relay lines
+                pass
         r, w = os.pipe()
         self.readers.append(LineRelay(r, console, prefix=prefix, err=output == "stderr"))
         return w

@@ -4,6 +4,8 @@ Paths a segment can take (recorded per segment in `stream_stats`, totalled in `d
 - "agent": frames over the asyncssh connection (control, small streams, per-proc stderr);
 - "openssh-mux": bulk streams, `ssh -S CTL host SCRIPT` with the controller's fds as the ssh client's
   own stdin/stdout (Python off the byte path; see `clipipe.targets.sshmux`);
+- "exec": one command with no stdin and no stream (an ad-hoc `clipipe run -c host CMD`) before the
+  agent was needed: a plain exec channel of the asyncssh connection (no agent boot);
 - "raw-exec": the remote has no usable Python: the segment runs as one `sh` script over an asyncssh
   exec channel (plain stdout/stderr/exit), said once as a warning.
 
@@ -45,9 +47,11 @@ from clipipe.targets.sshmux import (
     StatusParser,
     StderrRouter,
     new_nonce,
+    proc_line,
     remote_command,
     run_over_mux,
     segment_script,
+    write_all,
 )
 
 try:  # AgentTarget lands from the wire work; until then the agent path is unavailable
@@ -519,7 +523,15 @@ class SSHTarget(_SSHCore, _Base):
         return proc.stdout, _EofOnClose(proc.stdin), closer
 
     async def open(self) -> None:
-        """Connect (once), then boot the agent; with no usable Python, fall back to raw exec."""
+        """Connect (once): unreachable hosts, auth and host keys show here; the agent boots later.
+
+        The agent boots when a segment first needs it (`ensure_agent`): an ad-hoc command takes a plain
+        exec channel and a bulk stream the OpenSSH mux, neither of which needs it.
+        """
+        await self.connect()
+
+    async def ensure_agent(self) -> None:
+        """Connect, then boot the agent (once); with no usable Python, fall back to raw exec."""
         await self.connect()
         if self.info.fallback is not None or AgentTarget is None:
             if AgentTarget is None:
@@ -553,10 +565,12 @@ class SSHTarget(_SSHCore, _Base):
         up, nothing else is opened for it (the agent boots when a later segment first needs it). When
         the master can't start, the agent path opens the connection and reports why in typed errors.
         """
+        if self.wants_plain(procs, io):
+            return await self.run_plain(procs[0], io)
         try:
             master = await self.mux_master() if self.wants_mux(io) else None
             if master is None:
-                await self.open()
+                await self.ensure_agent()
         except BaseException:
             io.close()
             raise
@@ -573,6 +587,39 @@ class SSHTarget(_SSHCore, _Base):
         self._record(stats)
         self.last_stats = stats
         return outcomes
+
+    def wants_plain(self, procs: list[ProcSpec], io: SegmentIO) -> bool:
+        """One command with no stdin and no stream, the agent not booted yet: a plain exec channel.
+
+        An ad-hoc command on one host (`clipipe run -c web "df -h"`) needs nothing from the agent, whose
+        boot costs a remote Python start; the fleet's plain exec runs it on the connection's own channel.
+        """
+        return (self.settings.data_plane == "auto" and len(procs) == 1 and io.stdin is None
+                and io.bulk is False and self.session is None and self.info.fallback is None)
+
+    async def run_plain(self, proc: ProcSpec, io: SegmentIO) -> list[ProcOutcome]:
+        """Run one command over a plain exec channel (see `clipipe.targets.plainexec`)."""
+        from clipipe.targets import plainexec
+
+        stats = StreamStats(path="exec")
+        outcome = ProcOutcome(proc.name, started=time.time())
+        dest = {False: io.stdout, True: io.stderr[0] if io.stderr else None}
+
+        def on_data(chunk: bytes, err: bool) -> None:
+            if not err:
+                stats.bytes_out += len(chunk)
+            fd = dest[err]
+            if fd is not None:
+                write_all(fd, chunk)        # blocking: a slow reader holds the channel's window
+
+        try:
+            result = await plainexec.run_plain(self, proc_line(proc), on_data)
+        finally:
+            io.close()
+        outcome.exit_code, outcome.signal, outcome.ended = result.exit_code, result.signal, time.time()
+        self._record(stats)
+        self.last_stats = stats
+        return [outcome]
 
     async def close(self) -> None:
         """Stop the agent (it kills what it started), the mux master and the connection."""
