@@ -155,7 +155,10 @@ class AgentTarget:
             io.close()
             SegmentIO(None, None, fds).close()
             raise
-        assert self.session is not None
+        if self.session is None:  # the transport fell back to plain exec: no agent to ask
+            io.close()
+            SegmentIO(None, None, fds).close()
+            raise TargetError("no agent runs on the target: a tee segment needs one", target=self.name)
         try:
             outcomes, result = await self.session.run_tee_segment(procs, io, tee, counter=counter)
         except TargetError as exc:
