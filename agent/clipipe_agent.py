@@ -31,7 +31,7 @@ with ERROR and skipped. Channel 0 is control; data channels are ids > 0 chosen b
 
 Control kinds (channel 0; payload is a map; requests carry ``id``, replies carry the same ``id``)
     HELLO        agent -> ctl at boot: {version, protocol, python, platform, hostname, pid, cwd,
-                 max_frame, window, chunk, features: ["tee", "pdeathsig"?]}; also sent as a reply
+                 max_frame, window, chunk, features: ["tee", "watchdog", "pdeathsig"?]}; also sent as a reply
                  to a HELLO request {id}. A controller uses `tee` only when features lists it.
     RUN_SEGMENT  ctl -> agent {id, procs: [{name, command, env, cwd}], stdin: ch|nil,
                  stdout: ch|nil, stderr: [ch|nil per proc], checksums: ["sha256", ...], tee?}.
@@ -95,8 +95,11 @@ Flow control
 Processes
     Each command runs as ``/bin/sh -c COMMAND`` in its own session (its own process group), with
     default signal dispositions (SIGPIPE included); neighbours are joined by os.pipe() on this host.
-    On Linux each child asks for PR_SET_PDEATHSIG = SIGKILL (prctl via ctypes, when ctypes loads), so
-    a SIGKILLed agent leaves no direct children behind; HELLO's features then list "pdeathsig".
+    A SIGKILLed agent leaves nothing running: on Linux each child asks for PR_SET_PDEATHSIG = SIGKILL
+    (prctl via ctypes, when ctypes loads; HELLO's features then list "pdeathsig"), and because `sh`
+    forks the command's processes (dash does not exec even a simple command), a watchdog forked at
+    the first segment (its own session, holding only a pipe from the agent) learns every running
+    segment's process groups and SIGKILLs them when that pipe reaches EOF without a goodbye.
     The agent exits when its stdin closes, on SHUTDOWN, SIGTERM or SIGHUP, or when its stdout is gone
     (EPIPE), killing every process group it started: SIGTERM, then SIGKILL after KILL_GRACE.
 """
@@ -151,6 +154,7 @@ IOV_MAX = 512  #: frames handed to one writev(); well under Linux's 1024
 PROGRESS_INTERVAL = 0.2  #: seconds between PROGRESS frames: the progress display redraws at 5 Hz
 PR_SET_PDEATHSIG = 1  #: from <linux/prctl.h>: the signal a child gets when its parent thread dies
 BRANCH_POLICIES = ("fail", "drop")  #: a tee branch's on_exit, as in the controller's tee
+FD_SCAN_LIMIT = 4096  #: fds the watchdog closes where /proc/self/fd can't list them
 
 
 # --------------------------------------------------------------------------------------------- codec
@@ -440,6 +444,61 @@ def _pdeathsig_setter():
     return preexec
 
 
+def start_watchdog():
+    """Fork a process that SIGKILLs the process groups it is told about if the agent dies first.
+
+    The agent writes ``+PGID`` when a segment starts, ``-PGID`` when it ended, ``q`` on an orderly
+    exit; EOF without ``q`` means the agent is gone. Returns the (non-blocking) write end, or None.
+    """
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+    except OSError:
+        return None
+    if pid:
+        os.close(r)
+        os.set_blocking(w, False)
+        return w
+    try:  # the watchdog: own session (a group kill of the agent spares it), only its pipe open
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        try:
+            fds = [int(x) for x in os.listdir("/proc/self/fd")]
+        except OSError:
+            fds = list(range(3, FD_SCAN_LIMIT))
+        for fd in fds:
+            if fd > 2 and fd != r:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_IGN)
+        groups, buf = set(), b""
+        while True:
+            data = os.read(r, 4096)
+            if not data:
+                break
+            lines = (buf + data).split(b"\n")
+            buf = lines.pop()
+            for line in lines:
+                if line == b"q":
+                    os._exit(0)
+                if line[:1] == b"+":
+                    groups.add(int(line[1:]))
+                elif line[:1] == b"-":
+                    groups.discard(int(line[1:]))
+        for pgid in groups:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
+    finally:
+        os._exit(0)
+
+
 class InChannel(object):
     """Controller -> a process's stdin pipe: buffers at most the window, grants credit as it writes."""
 
@@ -566,6 +625,7 @@ class Agent(object):
         self.stdin_open = True
         self.wake_r, self.wake_w = os.pipe()
         self._pdeathsig = False  # not looked up yet
+        self.watchdog = None     # write end of the watchdog's pipe, once a segment started
         for fd in (rfd, wfd, self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
 
@@ -609,7 +669,7 @@ class Agent(object):
         return {"version": VERSION, "protocol": PROTOCOL, "python": platform.python_version(),
                 "platform": sys.platform, "hostname": socket.gethostname(), "pid": os.getpid(),
                 "cwd": os.getcwd(), "max_frame": MAX_FRAME, "window": WINDOW_SIZE, "chunk": CHUNK,
-                "features": ["tee"] + (["pdeathsig"] if self.pdeathsig() else [])}
+                "features": ["tee", "watchdog"] + (["pdeathsig"] if self.pdeathsig() else [])}
 
     # ---- input
     def on_stdin(self):
@@ -861,6 +921,7 @@ class Agent(object):
                 os.close(fd)
         seg = Segment(sid, procs, stdin, stdout, stderrs, branch_outs, fanouts, tee_fo,
                       bool(tee and tee[3]))
+        self.tell_watchdog(b"".join(b"+%d\n" % p.popen.pid for p in procs if p.popen))
         self.segments[sid] = seg
         for ch in [stdin] + seg.outs() + seg.sink_channels():
             if ch is not None:
@@ -892,6 +953,15 @@ class Agent(object):
             proc.error = "%s: %s" % (type(exc).__name__, exc)
             proc.ended = time.time()
         return proc
+
+    def tell_watchdog(self, line):
+        if self.watchdog is None:
+            self.watchdog = start_watchdog() or -1
+        if self.watchdog >= 0 and line:
+            try:
+                os.write(self.watchdog, line)
+            except OSError:  # full (it is stuck) or gone: the agent's own cleanup still applies
+                pass
 
     def pdeathsig(self):
         """A preexec_fn making Linux SIGKILL the child when the agent dies; None where unavailable."""
@@ -1048,6 +1118,7 @@ class Agent(object):
             if ch is not None:
                 self.channels.pop(ch.cid, None)
         del self.segments[seg.id]
+        self.tell_watchdog(b"".join(b"-%d\n" % p.popen.pid for p in seg.procs if p.popen))
         outcomes = []
         for p in seg.procs:
             rc = p.returncode
@@ -1229,6 +1300,9 @@ class Agent(object):
                     p.popen.wait(1.0)
                 except subprocess.TimeoutExpired:
                     pass
+        if self.watchdog is not None and self.watchdog >= 0:
+            self.tell_watchdog(b"q\n")  # everything is killed already: the watchdog may just go
+            os.close(self.watchdog)
         self.flush()  # best effort, never blocking: the controller may not be reading any more
 
 

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -204,24 +205,51 @@ def test_bad_tee_requests_are_agent_errors() -> None:
     assert "on_exit" in errors[2] and "checksum" in errors[3] and errors[4] == "[0, 0, 0]"
 
 
-def test_children_die_with_a_sigkilled_agent() -> None:
-    """PR_SET_PDEATHSIG: kill -9 the agent; its segment's processes are gone within seconds."""
-    async def main(t: LocalAgentTarget) -> list[int | None]:
+def processes_with(marker: str) -> list[int]:
+    """Pids of live (non-zombie) processes whose command line holds marker, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{entry}/stat") as f:
+                zombie = f.read().split(") ")[1].startswith("Z")
+        except OSError:
+            continue
+        if marker.encode() in cmdline and not zombie:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("exec_", ["", "exec "])
+def test_processes_die_with_a_sigkilled_agent(exec_: str) -> None:
+    """kill -9 the agent: its segment's processes are gone within seconds, `sh`'s children too.
+
+    PR_SET_PDEATHSIG covers the agent's direct children (`exec sleep`); dash forks even a simple
+    command, so its grandchildren (`sleep` under `sh`) are the watchdog's.
+    """
+    marker = f"1000.{os.getpid()}{len(exec_)}"
+    async def main(t: LocalAgentTarget) -> list[int]:
         assert t.session is not None and t.process is not None and t.connect_info is not None
-        assert "pdeathsig" in t.connect_info.agent["features"]
+        assert {"pdeathsig", "watchdog"} <= set(t.connect_info.agent["features"])
         pids: list[int | None] = []
         spec = TeeSpec(after=0, branches=[TeeBranch(procs=[1])])
         task = asyncio.create_task(t.session.run_tee_segment(
-            [ProcSpec("p", "exec sleep 1000"), ProcSpec("b", "exec cat")], SegmentIO(None, None, [None, None]),
-            spec, on_started=pids.extend))
-        while not pids:
+            [ProcSpec("p", f"{exec_}sleep {marker}"), ProcSpec("b", f"{exec_}sleep {marker}1")],
+            SegmentIO(None, None, [None, None]), spec, on_started=pids.extend))
+        while len(processes_with(marker)) < 2:
             await asyncio.sleep(0.02)
         t.process.kill()
         with pytest.raises(Exception):
             await asyncio.wait_for(task, 10)
-        return pids
+        return [p for p in pids if p is not None]
     pids = run(main)
-    assert all(p is not None and _wait_gone(p, 5) for p in pids), pids
+    deadline = time.monotonic() + 5
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with(marker) == [] and all(_wait_gone(p, 1) for p in pids)
 
 
 def test_a_plain_segment_still_works_beside_a_tee(tmp_path: Path) -> None:
