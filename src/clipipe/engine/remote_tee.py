@@ -28,6 +28,9 @@ from clipipe.wire.tee import RemoteCounter, TeeBranch, TeeResult, TeeSpec
 if TYPE_CHECKING:
     from clipipe.engine.runner import Runner
 
+#: Set to 0 to keep every tee on the controller (to compare, or to spare a busy host the hashing).
+ENV_SWITCH = "CLIPIPE_REMOTE_TEE"
+
 #: Checksums every remote Python's hashlib has (the agent can't use the controller's xxhash).
 REMOTE_ALGORITHMS = frozenset(hashlib.algorithms_guaranteed)
 
@@ -125,6 +128,8 @@ async def place(runner: Runner, steps: list[Step]) -> dict[str, str | None]:
         if s.type != "tee" or runner.plan.contexts[s.name] not in runner.remote_contexts:
             continue
         why = _blocker(runner, s)
+        if why is None and os.environ.get(ENV_SWITCH) == "0":
+            why = f"{ENV_SWITCH}=0"
         if why is None:
             try:
                 target = await runner.targets(runner.plan.contexts[s.name])
