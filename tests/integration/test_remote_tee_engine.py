@@ -256,3 +256,23 @@ steps:
     assert result.variables["sum"] == hashlib.sha256(data).hexdigest()
     stream = tee_stream(result)
     assert stream["placement"] == "controller" and stream["placement_reason"].startswith(reason)
+
+
+def test_a_tee_of_only_builtin_branches_drains_the_stream_on_the_host(tmp_path: Path) -> None:
+    """Checksum and progress only: no branch pipes at all; the agent reads to the end and hashes."""
+    board = ProgressBoard()
+    result, *_ = run_pipeline(tmp_path, """
+steps:
+  - {name: make, command: "head -c 3000000 /dev/zero", output: stream}
+  - name: process
+    type: tee
+    input: pipe
+    branches:
+      - {name: sum, type: checksum, algorithm: blake2b}
+      - {name: progress, type: progress, size: "3000000"}
+""", progress=board)
+    assert result.status == "ok", result
+    assert result.variables["sum"] == hashlib.blake2b(bytes(3000000)).hexdigest()
+    snap = board.counters["make"].snapshot()
+    assert snap.done and snap.percent == 100.0
+    assert tee_stream(result)["wire"]["bytes_out"] == 0

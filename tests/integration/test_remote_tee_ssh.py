@@ -100,6 +100,7 @@ def test_backup_pipeline_runs_its_tee_on_the_host(clipipe, tmp_path, shared, ssh
     used = {c["name"]: c for c in rec["contexts_used"]}["backup-server"]
     assert used["streams"]["agent-tee"] == {"segments": 1, "bytes_in": 0, "bytes_out": 0}
     assert "create-tar" in res.err          # the plain progress line names the stream
+    assert "tee on backup-server (0B back over the wire)" in res.err    # and so does the summary
 
 
 @pytest.mark.parametrize("size", [0, 1, 256 * 1024, 4 * 1024 * 1024 + 3])
