@@ -31,8 +31,9 @@ with ERROR and skipped. Channel 0 is control; data channels are ids > 0 chosen b
 
 Control kinds (channel 0; payload is a map; requests carry ``id``, replies carry the same ``id``)
     HELLO        agent -> ctl at boot: {version, protocol, python, platform, hostname, pid, cwd,
-                 max_frame, window, chunk, features: ["tee", "watchdog", "pdeathsig"?]}; also sent as a reply
-                 to a HELLO request {id}. A controller uses `tee` only when features lists it.
+                 max_frame, window, chunk, features: ["tee", "watchdog", "pdeathsig"?]}; also sent
+                 as a reply to a HELLO request {id}. A controller sends `tee` only when features
+                 lists it (an older agent would ignore the key and run a plain chain).
     RUN_SEGMENT  ctl -> agent {id, procs: [{name, command, env, cwd}], stdin: ch|nil,
                  stdout: ch|nil, stderr: [ch|nil per proc], checksums: ["sha256", ...], tee?}.
                  nil channel = /dev/null. The segment id is the request id. Without `tee` the
@@ -118,7 +119,7 @@ import time
 import traceback
 from collections import deque
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 PROTOCOL = 1  #: bumped on any incompatible change; the controller refuses an agent that differs
 
 CONTROL = 0  #: channel 0 carries control maps; data channels are 1..2**31-1
