@@ -11,6 +11,7 @@ them: `{{.checksum}}` variables, the step's `branches`, the `streams` entry, the
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -124,9 +125,13 @@ def _bulk(runner: Runner, tee: Step) -> bool:
 async def place(runner: Runner, steps: list[Step]) -> dict[str, str | None]:
     """For each tee of the group on a remote context: None = on its producer's host, else why not."""
     out: dict[str, str | None] = {}
-    for s in steps:
-        if s.type != "tee" or runner.plan.contexts[s.name] not in runner.remote_contexts:
-            continue
+    candidates = [s for s in steps if s.type == "tee" and runner.plan.contexts[s.name] in runner.remote_contexts]
+    if candidates:  # open the group's targets together, as its segments would (errors surface there)
+        used = {runner.plan.contexts[s.name] for s in steps}
+        used |= {stage[3] for t in candidates for b in t.branches if b.kind in ("command", "steps")
+                 for stage in runner._branch_chain(t, b, runner.plan.contexts[t.name])}
+        await asyncio.gather(*(runner.targets(c) for c in sorted(used)), return_exceptions=True)
+    for s in candidates:
         why = _blocker(runner, s)
         if why is None and os.environ.get(ENV_SWITCH) == "0":
             why = f"{ENV_SWITCH}=0"
