@@ -5,6 +5,7 @@ import asyncio
 import gzip
 import hashlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -19,6 +20,14 @@ from clipipe.wire.frames import CHUNK
 from clipipe.wire.session import SegmentStats
 from clipipe.wire.tee import RemoteCounter, TeeBranch, TeeSpec
 from tests.integration.test_agent_local import MiB, Collector, _wait_gone, run
+
+
+def need_pv() -> None:
+    """pv rate-limits the slow branches; skip without it (in CI, where CI=true, fail instead)."""
+    if shutil.which("pv") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("pv is required in CI (apt-get install pv)")
+        pytest.skip("pv is not installed (apt-get install pv)")
 
 
 def rss_kib(pid: int) -> int:
@@ -84,6 +93,7 @@ def test_every_branch_sees_the_same_bytes(tmp_path: Path, size: int) -> None:
 
 def test_progress_frames_feed_the_counter_while_it_runs(tmp_path: Path) -> None:
     """PROGRESS arrives during the run (a rate-limited branch keeps it going for a while)."""
+    need_pv()
     async def main(t: LocalAgentTarget) -> tuple[list[int], Any]:
         counter = RemoteCounter()
         task = asyncio.create_task(tee_run(t, "head -c 6000000 /dev/zero", [(["pv -q -L 3m"], "host")],
@@ -153,6 +163,7 @@ def test_all_dropped_with_checksum_drains_to_the_end() -> None:
 @pytest.mark.parametrize("where", ["host", "leave"])
 def test_slow_branch_throttles_the_producer_with_bounded_agent_memory(where: str) -> None:
     """A 2 MB/s branch holds back a 200 MB producer; the agent's RSS does not grow with the stream."""
+    need_pv()
     async def main(t: LocalAgentTarget) -> tuple:
         assert t.process is not None
         slow = None
