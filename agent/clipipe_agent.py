@@ -31,14 +31,20 @@ with ERROR and skipped. Channel 0 is control; data channels are ids > 0 chosen b
 
 Control kinds (channel 0; payload is a map; requests carry ``id``, replies carry the same ``id``)
     HELLO        agent -> ctl at boot: {version, protocol, python, platform, hostname, pid, cwd,
-                 max_frame, window, chunk}; also sent as a reply to a HELLO request {id}.
+                 max_frame, window, chunk, features: ["tee", "watchdog", "pdeathsig"?]}; also sent
+                 as a reply to a HELLO request {id}. A controller sends `tee` only when features
+                 lists it (an older agent would ignore the key and run a plain chain).
     RUN_SEGMENT  ctl -> agent {id, procs: [{name, command, env, cwd}], stdin: ch|nil,
-                 stdout: ch|nil, stderr: [ch|nil per proc], checksums: ["sha256", ...]}.
-                 nil channel = /dev/null. The segment id is the request id.
+                 stdout: ch|nil, stderr: [ch|nil per proc], checksums: ["sha256", ...], tee?}.
+                 nil channel = /dev/null. The segment id is the request id. Without `tee` the
+                 procs form one chain: stdin -> procs[0] | procs[1] | ... -> stdout.
     STARTED      agent -> ctl {id, pids: [pid|nil per proc]} once every proc is started (or failed).
+    PROGRESS     agent -> ctl {id, bytes}: bytes the segment's tee has read so far; at most every
+                 PROGRESS_INTERVAL seconds, only when the tee asked for progress and bytes moved.
     EXIT         agent -> ctl {id, procs: [{name, exit_code, signal, error, started, ended}],
-                 stdin_bytes, stdout_bytes, stderr_bytes: [..], digests: {name: hex}}. Sent after
-                 every proc is reaped and every output channel has sent EOF (or was closed by ctl).
+                 stdin_bytes, stdout_bytes, stderr_bytes: [..], digests: {name: hex}, tee?}. Sent
+                 after every proc is reaped and every output channel has sent EOF (or was closed by
+                 ctl).
     KILL         ctl -> agent {id, segment, signal}: signal every process group of the segment; if it
                  is still running KILL_GRACE seconds later, SIGKILL.
     ERROR        agent -> ctl {id?, channel?, message, traceback}.
@@ -52,6 +58,34 @@ Data kinds (channel = a data channel id)
                  controller stops feeding stdin).
     WINDOW       payload: int > 0, credit granted to the other side's sender on this channel.
 
+Tee segments (a fan-out node on the host)
+    RUN_SEGMENT may carry ``tee: {after, branches, checksums, progress}`` (``stdout`` and the
+    top-level ``checksums`` must then be nil/empty). procs[0..after] are the producer chain (stdin ->
+    procs[0] | ... | procs[after]); the agent reads procs[after]'s stdout once and writes every chunk
+    to each branch, hashing (hashlib names in ``checksums``) and counting it. Each branch is a map:
+
+        {procs: [i, j, ...], stdout: ch|nil, on_exit: "fail"|"drop", count: bool}
+            a chain on this host: the tee feeds procs i's stdin, i | j | ... by pipes, the last
+            stdout goes to channel ch (nil = /dev/null). count: the agent relays (and counts) the
+            bytes between the chain's procs instead of joining them directly.
+        {channel: ch, on_exit: ...}
+            the branch runs elsewhere: the tee's bytes leave the host as DATA frames on ch, within
+            its credit; an EOF from ctl on ch means that reader is gone.
+
+    Every proc index > after belongs to exactly one branch. The slowest live branch throttles the
+    producer: the tee reads again only when every live branch took the previous chunk, so memory
+    stays at one chunk per tee (plus the usual windows). A branch that stops reading (EPIPE, or EOF
+    from ctl) is handled by its on_exit: ``drop`` closes it and the others go on (like ``tee -p``;
+    when every branch is gone and no checksum is wanted the tee stops reading and the producer gets
+    SIGPIPE); ``fail`` stops the tee, SIGTERMs the whole segment and sends no EOF to the other
+    branches until their processes are gone, so no partial output ends cleanly. EXIT then carries::
+
+        tee: {bytes, digests: {name: hex}, started, ended, failed: branch index|nil,
+              branches: [{status: "ok"|"dropped"|"failed", error: "EPIPE"|nil, bytes, links: [n..]}]}
+
+    where ``bytes`` per branch is what that branch took and ``links`` the bytes between its procs
+    (counted branches only).
+
 Flow control
     Each data channel starts with WINDOW bytes of credit for its sender. The sender never has more
     unacknowledged DATA bytes than its credit; the receiver grants credit back (WINDOW frames, batched
@@ -62,6 +96,11 @@ Flow control
 Processes
     Each command runs as ``/bin/sh -c COMMAND`` in its own session (its own process group), with
     default signal dispositions (SIGPIPE included); neighbours are joined by os.pipe() on this host.
+    A SIGKILLed agent leaves nothing running: on Linux each child asks for PR_SET_PDEATHSIG = SIGKILL
+    (prctl via ctypes, when ctypes loads; HELLO's features then list "pdeathsig"), and because `sh`
+    forks the command's processes (dash does not exec even a simple command), a watchdog forked at
+    the first segment (its own session, holding only a pipe from the agent) learns every running
+    segment's process groups and SIGKILLs them when that pipe reaches EOF without a goodbye.
     The agent exits when its stdin closes, on SHUTDOWN, SIGTERM or SIGHUP, or when its stdout is gone
     (EPIPE), killing every process group it started: SIGTERM, then SIGKILL after KILL_GRACE.
 """
@@ -80,7 +119,7 @@ import time
 import traceback
 from collections import deque
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 PROTOCOL = 1  #: bumped on any incompatible change; the controller refuses an agent that differs
 
 CONTROL = 0  #: channel 0 carries control maps; data channels are 1..2**31-1
@@ -97,9 +136,10 @@ ERROR = 9
 PING = 10
 PONG = 11
 SHUTDOWN = 12
+PROGRESS = 13
 KIND_NAMES = {HELLO: "HELLO", RUN_SEGMENT: "RUN_SEGMENT", STARTED: "STARTED", DATA: "DATA", EOF: "EOF",
               WINDOW: "WINDOW", EXIT: "EXIT", KILL: "KILL", ERROR: "ERROR", PING: "PING", PONG: "PONG",
-              SHUTDOWN: "SHUTDOWN"}
+              SHUTDOWN: "SHUTDOWN", PROGRESS: "PROGRESS"}
 
 CHUNK = 256 * 1024  #: largest DATA payload: 4 pipe buffers per read, few frames per MB, small latency
 WINDOW_SIZE = 1024 * 1024  #: initial credit per channel: 4 chunks in flight keep a LAN link busy
@@ -112,6 +152,10 @@ MAX_DEPTH = 32  #: msgpack nesting the agent accepts; real messages nest 4 deep,
 PIPE_SIZE = 1024 * 1024  #: Linux F_SETPIPE_SZ for the agent's pipes: a 1 MiB read per wakeup
 F_SETPIPE_SZ = 1031  #: from <linux/fcntl.h>; fcntl.F_SETPIPE_SZ only exists on Python >= 3.10
 IOV_MAX = 512  #: frames handed to one writev(); well under Linux's 1024
+PROGRESS_INTERVAL = 0.2  #: seconds between PROGRESS frames: the progress display redraws at 5 Hz
+PR_SET_PDEATHSIG = 1  #: from <linux/prctl.h>: the signal a child gets when its parent thread dies
+BRANCH_POLICIES = ("fail", "drop")  #: a tee branch's on_exit, as in the controller's tee
+FD_SCAN_LIMIT = 4096  #: fds the watchdog closes where /proc/self/fd can't list them
 
 
 # --------------------------------------------------------------------------------------------- codec
@@ -338,6 +382,124 @@ def _set_pipe_size(fd):
         pass  # not Linux, or over /proc/sys/fs/pipe-max-size: the default size still works
 
 
+def _hashers(names):
+    """hashlib objects for a list of checksum names; ProtocolError for anything else."""
+    names = names or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ProtocolError("checksums must be a list of names")
+    try:
+        return dict((n, hashlib.new(n)) for n in names)
+    except (ValueError, TypeError):
+        raise ProtocolError("unknown checksum in %r" % (names,))
+
+
+def _parse_tee(tee, nprocs):
+    """Check a RUN_SEGMENT's tee map; return (after, branches, hashers, progress)."""
+    if not isinstance(tee, dict):
+        raise ProtocolError("tee must be a map")
+    after = tee.get("after")
+    if type(after) is not int or not 0 <= after < nprocs:
+        raise ProtocolError("tee.after must index a proc")
+    raw = tee.get("branches") or []
+    if not isinstance(raw, list):
+        raise ProtocolError("tee.branches must be a list")
+    branches, seen = [], []
+    for b in raw:
+        if not isinstance(b, dict):
+            raise ProtocolError("each tee branch is a map")
+        chain = b.get("procs") or []
+        if not isinstance(chain, list) or not all(type(i) is int and after < i < nprocs for i in chain):
+            raise ProtocolError("a tee branch's procs index procs after tee.after")
+        seen.extend(chain)
+        policy = b.get("on_exit", "fail")
+        if policy not in BRANCH_POLICIES:
+            raise ProtocolError("on_exit must be fail or drop")
+        if bool(chain) == (b.get("channel") is not None):
+            raise ProtocolError("a tee branch has either procs or a channel")
+        branches.append({"procs": chain, "stdout": b.get("stdout") if chain else None,
+                         "channel": b.get("channel"), "on_exit": policy, "count": b.get("count") is True})
+    if sorted(seen) != list(range(after + 1, nprocs)):
+        raise ProtocolError("every proc after tee.after belongs to exactly one branch")
+    progress = tee.get("progress", False)
+    if type(progress) is not bool:
+        raise ProtocolError("tee.progress must be a bool")
+    return after, branches, _hashers(tee.get("checksums")), progress
+
+
+def _pdeathsig_setter():
+    """A preexec_fn asking Linux to SIGKILL the child when the agent dies; None where it can't."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None  # a Python without ctypes: children may outlive a SIGKILLed agent
+    parent = os.getpid()
+    option, sig = ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL)
+
+    def preexec():
+        prctl(option, sig, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+        if os.getppid() != parent:  # the agent died before prctl took effect
+            os._exit(137)
+    return preexec
+
+
+def start_watchdog():
+    """Fork a process that SIGKILLs the process groups it is told about if the agent dies first.
+
+    The agent writes ``+PGID`` when a segment starts, ``-PGID`` when it ended, ``q`` on an orderly
+    exit; EOF without ``q`` means the agent is gone. Returns the (non-blocking) write end, or None.
+    """
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+    except OSError:
+        return None
+    if pid:
+        os.close(r)
+        os.set_blocking(w, False)
+        return w
+    try:  # the watchdog: own session (a group kill of the agent spares it), only its pipe open
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        try:
+            fds = [int(x) for x in os.listdir("/proc/self/fd")]
+        except OSError:
+            fds = list(range(3, FD_SCAN_LIMIT))
+        for fd in fds:
+            if fd > 2 and fd != r:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_IGN)
+        groups, buf = set(), b""
+        while True:
+            data = os.read(r, 4096)
+            if not data:
+                break
+            lines = (buf + data).split(b"\n")
+            buf = lines.pop()
+            for line in lines:
+                if line == b"q":
+                    os._exit(0)
+                if line[:1] == b"+":
+                    groups.add(int(line[1:]))
+                elif line[:1] == b"-":
+                    groups.discard(int(line[1:]))
+        for pgid in groups:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
+    finally:
+        os._exit(0)
+
+
 class InChannel(object):
     """Controller -> a process's stdin pipe: buffers at most the window, grants credit as it writes."""
 
@@ -374,19 +536,72 @@ class Proc(object):
         self.returncode = None
 
 
+class Sink(object):
+    """One reader of a Fanout: a pipe into a branch's first process, or a channel off the host."""
+
+    def __init__(self, fanout, policy, fd=None, cid=None):
+        self.fanout = fanout
+        self.policy = policy
+        self.fd = fd            # non-blocking write end, or None for a channel sink
+        self.cid = cid
+        self.credit = WINDOW_SIZE if cid is not None else 0
+        self.pending = None     # memoryview of the current chunk not yet taken by this sink
+        self.bytes = 0
+        self.status = "ok"      # ok, dropped, failed
+        self.error = None
+        self.closed = False
+        self.links = []         # Fanouts relaying (and counting) between the branch's processes
+
+    def live(self):
+        return not self.closed and self.status == "ok"
+
+
+class Fanout(object):
+    """A stream read once and written to every live sink, hashed and counted; one chunk in memory."""
+
+    def __init__(self, fd, hashers=None):
+        self.fd = fd            # non-blocking read end; None once closed
+        self.hashers = hashers or {}
+        self.sinks = []
+        self.count = 0
+        self.started = time.time()
+        self.ended = 0.0
+        self.failed = None      # index of the sink whose `fail` policy stopped the stream
+        self.seg = None
+
+    def idle(self):
+        """True when every live sink took the last chunk: time to read the next one."""
+        return all(s.pending is None for s in self.sinks if s.live())
+
+    def finished(self):
+        return self.fd is None and (self.failed is not None or all(s.closed for s in self.sinks))
+
+
 class Segment(object):
     """The processes and channels of one RUN_SEGMENT request."""
 
-    def __init__(self, sid, procs, stdin, stdout, stderrs):
+    def __init__(self, sid, procs, stdin, stdout, stderrs, branch_outs=(), fanouts=(), tee=None,
+                 progress=False):
         self.id = sid
         self.procs = procs
         self.stdin = stdin
         self.stdout = stdout
         self.stderrs = stderrs
+        self.branch_outs = list(branch_outs)  # OutChannels of tee branches' last stdouts
+        self.fanouts = list(fanouts)          # the tee first, then counted links
+        self.tee = tee
+        self.progress = progress
+        self.reported = 0                     # bytes in the last PROGRESS frame
+        self.progress_at = 0.0
         self.kill_at = None
+        for fo in self.fanouts:
+            fo.seg = self
 
     def outs(self):
-        return [c for c in [self.stdout] + self.stderrs if c is not None]
+        return [c for c in [self.stdout] + self.stderrs + self.branch_outs if c is not None]
+
+    def sink_channels(self):
+        return [s for fo in self.fanouts for s in fo.sinks if s.cid is not None]
 
     def running(self):
         return [p for p in self.procs if p.popen is not None and p.returncode is None]
@@ -410,6 +625,8 @@ class Agent(object):
         self.running = True
         self.stdin_open = True
         self.wake_r, self.wake_w = os.pipe()
+        self._pdeathsig = False  # not looked up yet
+        self.watchdog = None     # write end of the watchdog's pipe, once a segment started
         for fd in (rfd, wfd, self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
 
@@ -452,7 +669,8 @@ class Agent(object):
     def hello(self):
         return {"version": VERSION, "protocol": PROTOCOL, "python": platform.python_version(),
                 "platform": sys.platform, "hostname": socket.gethostname(), "pid": os.getpid(),
-                "cwd": os.getcwd(), "max_frame": MAX_FRAME, "window": WINDOW_SIZE, "chunk": CHUNK}
+                "cwd": os.getcwd(), "max_frame": MAX_FRAME, "window": WINDOW_SIZE, "chunk": CHUNK,
+                "features": ["tee", "watchdog"] + (["pdeathsig"] if self.pdeathsig() else [])}
 
     # ---- input
     def on_stdin(self):
@@ -538,7 +756,14 @@ class Agent(object):
             if kind not in (DATA, EOF, WINDOW):
                 raise ProtocolError("unknown kind %r on channel %r" % (kind, channel))
             return  # in flight while its segment ended
-        if kind == DATA:
+        if isinstance(ch, Sink):
+            if kind == WINDOW and type(payload) is int and payload > 0:
+                ch.credit += payload
+            elif kind == EOF:  # that branch's reader is gone
+                self.sink_error(ch, errno.EPIPE, tell=False)
+            else:
+                raise ProtocolError("a tee branch channel takes only WINDOW and EOF")
+        elif kind == DATA:
             if not isinstance(ch, InChannel) or not isinstance(payload, memoryview):
                 raise ProtocolError("DATA must be bytes, on a stdin channel")
             n = len(payload)
@@ -585,78 +810,121 @@ class Agent(object):
             stderr_ids = [None] * len(procs)
         if not isinstance(stderr_ids, list) or len(stderr_ids) != len(procs):
             raise ProtocolError("stderr must list one channel (or nil) per proc")
+        tee = None
+        if req.get("tee") is not None:
+            tee = _parse_tee(req.get("tee"), len(procs))
+            if req.get("stdout") is not None or req.get("checksums"):
+                raise ProtocolError("a tee segment has no stdout or checksums of its own: see tee")
         wanted = [req.get("stdin"), req.get("stdout")] + stderr_ids
+        if tee is not None:
+            wanted += [b["stdout"] if b["procs"] else b["channel"] for b in tee[1]]
         ids = [c for c in wanted if c is not None]
         for c in ids:
             if type(c) is not int or c <= 0 or c in self.channels:
                 raise ProtocolError("channel %r is not a free int > 0" % (c,))
         if len(set(ids)) != len(ids):
             raise ProtocolError("channel ids repeat")
-        names = req.get("checksums") or []
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ProtocolError("checksums must be a list of names")
-        try:
-            hashers = dict((n, hashlib.new(n)) for n in names)
-        except (ValueError, TypeError):
-            raise ProtocolError("unknown checksum in %r" % (names,))
-        self.start_segment(sid, procs, req.get("stdin"), req.get("stdout"), stderr_ids, hashers)
+        hashers = _hashers(req.get("checksums"))
+        self.start_segment(sid, procs, req.get("stdin"), req.get("stdout"), stderr_ids, hashers, tee)
 
-    def start_segment(self, sid, specs, stdin_id, stdout_id, stderr_ids, hashers):
+    def new_pipe(self, fds, agent_reads):
+        """os.pipe(): the agent's end kept (non-blocking), the child's closed after spawning."""
+        r, w = os.pipe()
+        mine, theirs = (r, w) if agent_reads else (w, r)
+        fds[0].append(theirs)
+        fds[1].append(mine)
+        os.set_blocking(mine, False)
+        return mine, theirs
+
+    def out_pipe(self, cid, fds, hashers=None):
+        """A pipe the agent forwards to channel cid; returns (OutChannel, child's write end)."""
+        mine, theirs = self.new_pipe(fds, True)
+        _set_pipe_size(mine)
+        ch = OutChannel(cid, mine, hashers)
+        ch.handler = _bind(self.on_pipe_readable, ch)
+        return ch, theirs
+
+    def fan_pipe(self, fds, hashers=None):
+        """A pipe whose bytes a new Fanout distributes; returns (Fanout, child's write end)."""
+        mine, theirs = self.new_pipe(fds, True)
+        _set_pipe_size(mine)
+        fo = Fanout(mine, hashers)
+        fo.handler = _bind(self.on_fanout_readable, fo)
+        return fo, theirs
+
+    def sink_pipe(self, fo, policy, fds):
+        """A pipe the Fanout fo writes into; returns (Sink, child's read end)."""
+        mine, theirs = self.new_pipe(fds, False)
+        _set_pipe_size(mine)
+        sink = Sink(fo, policy, fd=mine)
+        sink.handler = _bind(self.on_sink_writable, sink)
+        fo.sinks.append(sink)
+        return sink, theirs
+
+    def start_segment(self, sid, specs, stdin_id, stdout_id, stderr_ids, hashers, tee=None):
         devnull = os.open(os.devnull, os.O_RDWR)
-        child_fds = [devnull]
-        stdin = stdout = None
-        if stdin_id is not None:
-            r, w = os.pipe()
-            _set_pipe_size(w)
-            os.set_blocking(w, False)
-            child_fds.append(r)
-            stdin = InChannel(stdin_id, w)
-            stdin.handler = _bind(self.on_pipe_writable, stdin)
-            first_in = r
-        else:
-            first_in = devnull
-        if stdout_id is not None:
-            r, w = os.pipe()
-            _set_pipe_size(r)
-            os.set_blocking(r, False)
-            child_fds.append(w)
-            stdout = OutChannel(stdout_id, r, hashers)
-            stdout.handler = _bind(self.on_pipe_readable, stdout)
-            last_out = w
-        else:
-            last_out = devnull
-        stderrs = []
-        err_fds = []
-        for cid in stderr_ids:
-            if cid is None:
-                stderrs.append(None)
-                err_fds.append(devnull)
-                continue
-            r, w = os.pipe()
-            os.set_blocking(r, False)
-            child_fds.append(w)
-            ch = OutChannel(cid, r)
-            ch.handler = _bind(self.on_pipe_readable, ch)
-            stderrs.append(ch)
-            err_fds.append(w)
-        procs = []
-        prev = first_in
+        fds = ([devnull], [])  # (children's ends: closed once spawned, the agent's ends)
+        n = len(specs)
+        ins, outs, errs = [devnull] * n, [devnull] * n, [devnull] * n
+        stdin = stdout = tee_fo = None
+        stderrs, branch_outs, fanouts = [], [], []
         try:
-            for i, spec in enumerate(specs):
-                if i < len(specs) - 1:
-                    r, w = os.pipe()
-                    child_fds.extend((r, w))
-                    out = w
-                else:
-                    r, out = None, last_out
-                procs.append(self.spawn(i, spec, prev, out, err_fds[i]))
-                prev = r
-        finally:
-            for fd in child_fds:
+            if stdin_id is not None:
+                mine, ins[0] = self.new_pipe(fds, False)
+                _set_pipe_size(mine)
+                stdin = InChannel(stdin_id, mine)
+                stdin.handler = _bind(self.on_pipe_writable, stdin)
+            for i, cid in enumerate(stderr_ids):
+                ch = None
+                if cid is not None:
+                    ch, errs[i] = self.out_pipe(cid, fds)
+                stderrs.append(ch)
+            chains = []  # (proc indices, fd the last one writes, the Sink whose links are counted)
+            if tee is None:
+                last_out = devnull
+                if stdout_id is not None:
+                    stdout, last_out = self.out_pipe(stdout_id, fds, hashers)
+                chains.append((list(range(n)), last_out, None))
+            else:
+                after, branches, tee_hashers, _ = tee
+                tee_fo, w = self.fan_pipe(fds, tee_hashers)
+                fanouts.append(tee_fo)
+                chains.append((list(range(after + 1)), w, None))
+                for b in branches:
+                    if not b["procs"]:
+                        tee_fo.sinks.append(Sink(tee_fo, b["on_exit"], cid=b["channel"]))
+                        continue
+                    sink, ins[b["procs"][0]] = self.sink_pipe(tee_fo, b["on_exit"], fds)
+                    last_out = devnull
+                    if b["stdout"] is not None:
+                        ch, last_out = self.out_pipe(b["stdout"], fds)
+                        branch_outs.append(ch)
+                    chains.append((b["procs"], last_out, sink if b["count"] else None))
+            for chain, last_out, counted in chains:
+                for a, b in zip(chain, chain[1:]):
+                    if counted is None:
+                        r, w = os.pipe()
+                        fds[0].extend((r, w))
+                        outs[a], ins[b] = w, r
+                    else:  # relayed through the agent, which counts the bytes from a to b
+                        link, outs[a] = self.fan_pipe(fds)
+                        _, ins[b] = self.sink_pipe(link, "drop", fds)
+                        counted.links.append(link)
+                        fanouts.append(link)
+                outs[chain[-1]] = last_out
+            procs = [self.spawn(i, spec, ins[i], outs[i], errs[i]) for i, spec in enumerate(specs)]
+        except BaseException:
+            for fd in fds[1]:
                 os.close(fd)
-        seg = Segment(sid, procs, stdin, stdout, stderrs)
+            raise
+        finally:
+            for fd in fds[0]:
+                os.close(fd)
+        seg = Segment(sid, procs, stdin, stdout, stderrs, branch_outs, fanouts, tee_fo,
+                      bool(tee and tee[3]))
+        self.tell_watchdog(b"".join(b"+%d\n" % p.popen.pid for p in procs if p.popen))
         self.segments[sid] = seg
-        for ch in [stdin] + seg.outs():
+        for ch in [stdin] + seg.outs() + seg.sink_channels():
             if ch is not None:
                 self.channels[ch.cid] = ch
         self.send(CONTROL, STARTED, {"id": sid, "pids": [p.popen.pid if p.popen else None for p in procs]})
@@ -681,11 +949,142 @@ class Agent(object):
             proc.popen = subprocess.Popen(["/bin/sh", "-c", spec["command"]], stdin=fd_in,
                                           stdout=fd_out, stderr=fd_err, env=env, cwd=cwd,
                                           close_fds=True, start_new_session=True,
-                                          restore_signals=True)
+                                          restore_signals=True, preexec_fn=self.pdeathsig())
         except Exception as exc:
             proc.error = "%s: %s" % (type(exc).__name__, exc)
             proc.ended = time.time()
         return proc
+
+    def tell_watchdog(self, line):
+        if self.watchdog is None:
+            self.watchdog = start_watchdog() or -1
+        if self.watchdog >= 0 and line:
+            try:
+                os.write(self.watchdog, line)
+            except OSError:  # full (it is stuck) or gone: the agent's own cleanup still applies
+                pass
+
+    def pdeathsig(self):
+        """A preexec_fn making Linux SIGKILL the child when the agent dies; None where unavailable."""
+        if self._pdeathsig is False:
+            self._pdeathsig = _pdeathsig_setter()
+        return self._pdeathsig
+
+    # ---- tees
+    def on_fanout_readable(self, fo):
+        if fo.fd is None:
+            return
+        try:
+            data = os.read(fo.fd, CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close_fanout(fo)
+            for s in fo.sinks:
+                if s.live():
+                    self.close_sink(s)
+            return
+        fo.count += len(data)
+        for h in fo.hashers.values():
+            h.update(data)
+        view = memoryview(data)
+        for s in fo.sinks:
+            if s.live():
+                s.pending = view
+                self.write_sink(s)
+                if fo.failed is not None:
+                    return
+
+    def on_sink_writable(self, sink):
+        if sink.live():
+            self.write_sink(sink)
+
+    def write_sink(self, s):
+        """Give sink s as much of its pending chunk as it takes now, without blocking."""
+        if s.cid is not None:
+            while s.pending is not None and s.credit > 0 and self.outlen < OUTBUF_HIGH:
+                n = min(len(s.pending), s.credit, CHUNK)
+                self.send(s.cid, DATA, s.pending[:n])
+                self.took(s, n)
+            return
+        while s.pending is not None:
+            try:
+                n = os.write(s.fd, s.pending)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EPIPE: that branch stopped reading
+                self.sink_error(s, exc.errno or errno.EIO)
+                return
+            self.took(s, n)
+
+    def took(self, s, n):
+        s.bytes += n
+        if s.cid is not None:
+            s.credit -= n
+        s.pending = s.pending[n:] if n < len(s.pending) else None
+
+    def sink_error(self, s, err, tell=True):
+        """Apply a sink's on_exit policy to its reader going away."""
+        if not s.live():
+            return
+        fo = s.fanout
+        s.error = errno.errorcode.get(err, str(err))
+        s.pending = None
+        if s.policy == "drop":
+            s.status = "dropped"
+            self.close_sink(s, tell=tell)
+            if not any(x.live() for x in fo.sinks) and not fo.hashers:
+                self.close_fanout(fo)  # like tee -p: nobody left to serve, the producer gets SIGPIPE
+            return
+        s.status = "failed"  # stop the tee and the segment; the other branches see no clean EOF
+        fo.failed = fo.sinks.index(s)
+        self.close_sink(s, tell=False)
+        for other in fo.sinks:
+            other.pending = None
+        self.close_fanout(fo)
+        self.kill_segment(fo.seg, signal.SIGTERM)
+
+    def close_fanout(self, fo):
+        if fo.fd is not None:
+            self.close_fd(fo.fd)
+            fo.fd = None
+            fo.ended = time.time()
+
+    def close_sink(self, s, tell=True):
+        """End one sink: EOF for its reader (the pipe closed, or an EOF frame on its channel)."""
+        if s.closed:
+            return
+        s.closed = True
+        s.pending = None
+        if s.fd is not None:
+            self.close_fd(s.fd)
+            s.fd = None
+        elif tell:
+            self.send(s.cid, EOF, None)
+
+    def service_sinks(self):
+        """Channel sinks move on credit, not readiness: offer them their pending bytes each round."""
+        for seg in self.segments.values():
+            for s in seg.sink_channels():
+                if s.live() and s.pending is not None:
+                    self.write_sink(s)
+
+    def report_progress(self, now):
+        """PROGRESS frames for tees that asked, at most every PROGRESS_INTERVAL; the next deadline."""
+        deadline = None
+        for seg in self.segments.values():
+            fo = seg.tee
+            if fo is None or not seg.progress or fo.count == seg.reported:
+                continue
+            due = seg.progress_at + PROGRESS_INTERVAL
+            if now >= due:
+                self.send(CONTROL, PROGRESS, {"id": seg.id, "bytes": fo.count})
+                seg.reported, seg.progress_at = fo.count, now
+            else:
+                deadline = due if deadline is None else min(deadline, due)
+        return deadline
 
     def kill_segment(self, seg, sig):
         for p in seg.procs:
@@ -707,15 +1106,20 @@ class Agent(object):
             self.check_done(seg)
 
     def check_done(self, seg):
-        if seg.running() or any(c.fd is not None for c in seg.outs()):
+        if (seg.running() or any(c.fd is not None for c in seg.outs())
+                or not all(fo.finished() for fo in seg.fanouts)):
             return
         if seg.stdin is not None:
             seg.stdin.buf.clear()
             self.close_in(seg.stdin, tell=False)
-        for ch in [seg.stdin] + seg.outs():
+        for fo in seg.fanouts:  # after a `fail`: the other branches' ends, now that nobody reads them
+            for sink in fo.sinks:
+                self.close_sink(sink)
+        for ch in [seg.stdin] + seg.outs() + seg.sink_channels():
             if ch is not None:
                 self.channels.pop(ch.cid, None)
         del self.segments[seg.id]
+        self.tell_watchdog(b"".join(b"-%d\n" % p.popen.pid for p in seg.procs if p.popen))
         outcomes = []
         for p in seg.procs:
             rc = p.returncode
@@ -728,7 +1132,8 @@ class Agent(object):
             "stdin_bytes": seg.stdin.written if seg.stdin else 0,
             "stdout_bytes": stdout.count if stdout else 0,
             "stderr_bytes": [c.count if c else 0 for c in seg.stderrs],
-            "digests": dict((n, h.hexdigest()) for n, h in (stdout.hashers if stdout else {}).items())})
+            "digests": dict((n, h.hexdigest()) for n, h in (stdout.hashers if stdout else {}).items()),
+            "tee": _tee_report(seg.tee)})
 
     def close_fd(self, fd):
         """Unregister before closing: a closed fd number is reused by the next pipe."""
@@ -819,6 +1224,13 @@ class Agent(object):
                     wanted[ch.fd] = (selectors.EVENT_WRITE, ch.handler)
             elif ch.credit > 0 and self.outlen < OUTBUF_HIGH:
                 wanted[ch.fd] = (selectors.EVENT_READ, ch.handler)
+        for seg in self.segments.values():
+            for fo in seg.fanouts:
+                if fo.fd is not None and fo.idle() and self.outlen < OUTBUF_HIGH:
+                    wanted[fo.fd] = (selectors.EVENT_READ, fo.handler)
+                for s in fo.sinks:
+                    if s.fd is not None and s.pending is not None:
+                        wanted[s.fd] = (selectors.EVENT_WRITE, s.handler)
         for fd in list(self.interest):
             if fd not in wanted:
                 self.want(fd, 0, None)
@@ -844,13 +1256,17 @@ class Agent(object):
             signal.signal(sig, self.on_signal)  # a handler (not SIG_IGN) so children get SIG_DFL
         self.send(CONTROL, HELLO, self.hello())
         self.flush()
+        progress_due = None
         while self.running:
+            self.service_sinks()
             self.update_interest()
             timeout = 1.0
             now = time.time()
             for seg in self.segments.values():
                 if seg.kill_at is not None:
                     timeout = max(0.0, min(timeout, seg.kill_at - now))
+            if progress_due is not None:
+                timeout = max(0.0, min(timeout, progress_due - now))
             for key, _ in self.sel.select(timeout):
                 key.data()
                 if not self.running:
@@ -861,6 +1277,7 @@ class Agent(object):
                 if seg.kill_at is not None and now >= seg.kill_at:
                     seg.kill_at = None
                     self.kill_segment(seg, signal.SIGKILL)
+            progress_due = self.report_progress(now)
             self.flush()
         self.shutdown()
 
@@ -884,7 +1301,20 @@ class Agent(object):
                     p.popen.wait(1.0)
                 except subprocess.TimeoutExpired:
                     pass
+        if self.watchdog is not None and self.watchdog >= 0:
+            self.tell_watchdog(b"q\n")  # everything is killed already: the watchdog may just go
+            os.close(self.watchdog)
         self.flush()  # best effort, never blocking: the controller may not be reading any more
+
+
+def _tee_report(fo):
+    """EXIT's tee map (see the module docstring), or None for a segment without a tee."""
+    if fo is None:
+        return None
+    return {"bytes": fo.count, "digests": dict((n, h.hexdigest()) for n, h in fo.hashers.items()),
+            "started": fo.started, "ended": fo.ended or time.time(), "failed": fo.failed,
+            "branches": [{"status": s.status, "error": s.error, "bytes": s.bytes,
+                          "links": [link.count for link in s.links]} for s in fo.sinks]}
 
 
 def _bind(method, arg):

@@ -293,6 +293,8 @@ def _summary(record: dict[str, Any], console: Console, adhoc: bool) -> None:
                 f" in {_fmt_duration(st.get('duration_ms'))}")
         if st.get("average_speed"):
             line += f" ({format_rate(st['average_speed'])})"
+        if st.get("placement") == "remote" and st.get("wire"):
+            line += f", tee on {st.get('context')} ({format_bytes(st['wire']['bytes_out'])} back over the wire)"
         console.note(line)
     verdict = "Pipeline completed successfully" if record["status"] == "ok" else f"Pipeline {record['status']}"
     console.note(f"{verdict} in {_fmt_duration(record['duration_ms'])} (operation {record['id']})")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from clipipe import fastpipe
+from clipipe.engine import remote_tee
 from clipipe.engine.output import Console
 from clipipe.engine.record import StepRecord, ms
 from clipipe.engine.wiring import Proc, Pump, Wiring, run_in_thread, segment_io
@@ -21,7 +22,7 @@ from clipipe.errors import ClipipeError, TargetError
 from clipipe.plan.dag import Plan
 from clipipe.spec import templates
 from clipipe.spec.model import Branch, Step
-from clipipe.targets.base import ProcOutcome, ProcSpec, Target
+from clipipe.targets.base import ProcOutcome, ProcSpec, SegmentIO, Target
 
 TargetGetter = Callable[[str], Awaitable[Target]]
 
@@ -65,6 +66,8 @@ class Runner:
         self.records = {n: StepRecord(name=n, context=plan.contexts[n]) for n in plan.steps}
         self.streams: list[dict[str, Any]] = []
         self._stream_seq = 0
+        #: tee step -> None (runs on its producer's host) or why it runs on the controller
+        self.tee_placement: dict[str, str | None] = {}
         single = len(plan.steps) == 1 and plan.pipeline.steps[0].type == "command"
         self.direct_output = single   #: one command: give it our stdout/stderr fds directly
         width = max((len(n) for n in plan.steps), default=0)
@@ -188,8 +191,11 @@ class Runner:
         procs: dict[str, Proc] = {}
         pumps: dict[str, Pump] = {}
         merged = self._merges(steps)
+        remote = {self.plan.producer_of[t]: t for t in (x.name for x in steps)
+                  if t in self.tee_placement and self.tee_placement[t] is None}
+        tees: list[remote_tee.RemoteTee] = []
         for s in steps:
-            if s.name in self.plan.consumers and s.name not in merged.values():
+            if s.name in self.plan.consumers and s.name not in merged.values() and s.name not in remote:
                 self._stream_seq += 1
                 readers = self.plan.consumers[s.name]
                 kind = "tee" if any(self.plan.steps[c].type == "tee" for c in readers) else (
@@ -200,6 +206,9 @@ class Runner:
             for pname, pump in pumps.items():
                 self.progress.add(pname, pump.counter)
         for s in steps:
+            if s.type == "tee" and s.name in remote.values():
+                tees.append(remote_tee.wire(self, s, w, procs, branch_of))
+                continue
             if s.type == "tee":
                 self._wire_tee(s, pumps[self.plan.producer_of[s.name]], w, procs, branch_of)
                 continue
@@ -211,8 +220,8 @@ class Runner:
             elif s.name in self.plan.producer_of:
                 p.stdin = pumps[self.plan.producer_of[s.name]].add_sink(s.name)
             w.segment_of.setdefault(s.name, s.name)
-            if s.name in merged.values():
-                pass  # its stdout is the next step's stdin, on the remote host
+            if s.name in merged.values() or s.name in remote:
+                pass  # its stdout is the next step's stdin (or its tee's), on the remote host
             elif s.name in pumps:
                 r, wfd = os.pipe()
                 pumps[s.name].src = r
@@ -226,6 +235,7 @@ class Runner:
             procs[s.name] = p
         w.procs = list(procs.values())
         w.pumps = list(pumps.values()) + w.pumps  # plus the links between a tee branch's steps
+        remote_tee.join(w, procs, tees)
         return w, branch_of
 
     def _merges(self, steps: list[Step]) -> dict[str, str]:
@@ -254,49 +264,67 @@ class Runner:
         for b in tee.branches:
             key = f"{tee.name}/{b.name}"
             branch_of[key] = b
-            if b.kind == "checksum":
-                if b.algorithm not in fastpipe.ALGORITHMS:
-                    raise GroupFailed(tee.name, f"branch {b.name!r}: unknown checksum algorithm "
-                                      f"{b.algorithm!r} (known: {', '.join(fastpipe.ALGORITHMS)})")
-                if b.algorithm not in pump.checksums:
-                    pump.checksums.append(b.algorithm)
+            if self._builtin_branch(tee, b, pump.counter, pump.checksums):
                 continue
-            if b.kind == "progress":
-                if b.size:
-                    size = templates.render(b.size, {**self.values, **self.variables}, shell=False)
-                    try:
-                        pump.counter.total = int(float(size))
-                    except ValueError:
-                        self.console.note(f"warning: {key}: size {size!r} is not a number of bytes")
-                continue
-            chain = [(key, b.command or "", b.output, b.context)] if b.kind == "command" else [
-                (f"{key}/{ns.name}", ns.command or "", ns.output, ns.context or b.context) for ns in b.steps]
-            prev: Proc | None = None
-            for i, (k, cmd, output, bctx) in enumerate(chain):
-                p = Proc(key=k, context=bctx or ctx, spec=self._spec(k, cmd, tee))
-                if i == 0:
-                    p.stdin = pump.add_sink(k, b.on_exit)
-                else:
-                    assert prev is not None
-                    prev.downstream.append(k)
-                    if p.context == prev.context and p.context in self.remote_contexts:
-                        w.segment_of[k] = w.segment_of.get(prev.key, prev.key)  # piped on the remote host
-                    else:  # through a counting pump: sizes per stage (compression ratio) in the record
-                        self._stream_seq += 1
-                        link = Pump(id=f"str-{self._stream_seq:03d}", producer=prev.key, src=-1,
-                                    counter=fastpipe.Counter())
-                        link.src, prev.stdout = os.pipe()
-                        prev.feeds_pump = link
-                        p.stdin = link.add_sink(k)
-                        w.pumps.append(link)
-                if i == len(chain) - 1:
-                    p.stdout = w.output_fd(k, output, self.console, prefix=self._prefix(k), direct=False)
-                p.stderr = w.stderr_fd(k, self.console, prefix=self._prefix(k))
-                procs[k] = p
-                prev = p
+            chain = self._branch_chain(tee, b, ctx)
+            self._wire_chain(tee, chain, pump.add_sink(chain[0][0], b.on_exit), w, procs)
 
-    async def _start(self, seg: list[Proc]) -> list[ProcOutcome]:
-        """Run a segment (one proc, or several piped on one remote context) on its target."""
+    def _builtin_branch(self, tee: Step, b: Branch, counter: Any, checksums: list[str]) -> bool:
+        """Apply a checksum or progress branch to the stream's counter and checksums; False for others."""
+        if b.kind == "checksum":
+            if b.algorithm not in fastpipe.ALGORITHMS:
+                raise GroupFailed(tee.name, f"branch {b.name!r}: unknown checksum algorithm "
+                                  f"{b.algorithm!r} (known: {', '.join(fastpipe.ALGORITHMS)})")
+            if b.algorithm not in checksums:
+                checksums.append(b.algorithm)
+            return True
+        if b.kind == "progress":
+            if b.size:
+                size = templates.render(b.size, {**self.values, **self.variables}, shell=False)
+                try:
+                    counter.total = int(float(size))
+                except ValueError:
+                    self.console.note(f"warning: {tee.name}/{b.name}: size {size!r} is not a number of bytes")
+            return True
+        return False
+
+    def _branch_chain(self, tee: Step, b: Branch, ctx: str) -> list[tuple[str, str, str | None, str]]:
+        """A command or steps branch as (proc key, command, output, context) per stage."""
+        key = f"{tee.name}/{b.name}"
+        if b.kind == "command":
+            return [(key, b.command or "", b.output, b.context or ctx)]
+        return [(f"{key}/{ns.name}", ns.command or "", ns.output, ns.context or b.context or ctx) for ns in b.steps]
+
+    def _wire_chain(self, tee: Step, chain: list[tuple[str, str, str | None, str]], stdin: int, w: Wiring,
+                    procs: dict[str, Proc]) -> None:
+        """Procs for a branch's stages: the first reads stdin, the last writes the branch's output."""
+        prev: Proc | None = None
+        for i, (k, cmd, output, bctx) in enumerate(chain):
+            p = Proc(key=k, context=bctx, spec=self._spec(k, cmd, tee))
+            if i == 0:
+                p.stdin = stdin
+            else:
+                assert prev is not None
+                prev.downstream.append(k)
+                if p.context == prev.context and p.context in self.remote_contexts:
+                    w.segment_of[k] = w.segment_of.get(prev.key, prev.key)  # piped on the remote host
+                else:  # through a counting pump: sizes per stage (compression ratio) in the record
+                    self._stream_seq += 1
+                    link = Pump(id=f"str-{self._stream_seq:03d}", producer=prev.key, src=-1,
+                                counter=fastpipe.Counter())
+                    link.src, prev.stdout = os.pipe()
+                    prev.feeds_pump = link
+                    p.stdin = link.add_sink(k)
+                    w.pumps.append(link)
+            if i == len(chain) - 1:
+                p.stdout = w.output_fd(k, output, self.console, prefix=self._prefix(k), direct=False)
+            p.stderr = w.stderr_fd(k, self.console, prefix=self._prefix(k))
+            procs[k] = p
+            prev = p
+
+    async def _start(self, seg: list[Proc], w: Wiring) -> list[ProcOutcome]:
+        """Run a segment (one proc, several piped on one remote context, or a remote tee) on its target."""
+        rt = w.remote_tees.get(w.segment_of.get(seg[0].key, seg[0].key))
         try:
             target = await self.targets(seg[0].context)
         except ClipipeError as exc:
@@ -304,11 +332,16 @@ class Runner:
                 for proc in seg:
                     self.records[self._step_of(proc.key)].unreachable = True
             segment_io(seg).close()
+            if rt is not None:
+                SegmentIO(None, None, [b.fd for b in rt.branches]).close()
             return [ProcOutcome(name=p.key, error=str(exc), started=time.time(), ended=time.time()) for p in seg]
+        if rt is not None:
+            return await remote_tee.run(target, rt, seg, w)
         return await target.run_segment([p.spec for p in seg], segment_io(seg))
 
     async def _attempt(self, steps: list[Step]) -> None:
         """Start the group's processes and pumps, wait, and judge the outcome."""
+        self.tee_placement.update(await remote_tee.place(self, steps))
         try:
             w, branch_of = self._wire(steps)
         except OSError as exc:
@@ -316,7 +349,7 @@ class Runner:
         started = time.time()
         for s in steps:
             self.records[s.name].started = started
-        proc_tasks = {asyncio.ensure_future(self._start(seg)): seg for seg in w.segments()}
+        proc_tasks = {asyncio.ensure_future(self._start(seg, w)): seg for seg in w.segments()}
         pump_tasks = {asyncio.ensure_future(self._pump(p)): p for p in w.pumps}
         readers = asyncio.ensure_future(asyncio.gather(*(r.run() for r in w.readers)))
         blame: tuple[str, str] | None = None
@@ -326,6 +359,9 @@ class Runner:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
                     if t in proc_tasks:
+                        rt = w.remote_tees.get(w.segment_of.get(proc_tasks[t][0].key, ""))
+                        if blame is None and rt is not None and not t.exception():
+                            blame = remote_tee.blame(rt)
                         for proc, outcome in zip(proc_tasks[t], t.result()):
                             proc.outcome = outcome
                             if blame is None and not outcome.ok and not self._maybe_sigpipe(outcome):
@@ -427,7 +463,10 @@ class Runner:
         for s in steps:
             rec = self.records[s.name]
             rec.ended = rec.ended or time.time()
-            if s.type == "tee":
+            rt = next((r for r in w.remote_tees.values() if r.tee == s.name), None)
+            if rt is not None:
+                rec.branches = remote_tee.branch_results(self, s, rt, w, outcomes)
+            elif s.type == "tee":
                 rec.branches = self._branch_results(s, w, outcomes)
         for name, cap in w.captures.items():
             if cap.overflow and failure is None:
@@ -436,10 +475,12 @@ class Runner:
             self.variables[name] = cap.value
         for pump in w.pumps:
             self._record_stream(pump, w, branch_of)
+        self.streams.extend(remote_tee.stream_entry(self, rt) for rt in w.remote_tees.values())
         for key, b in branch_of.items():
             if b.kind != "checksum":
                 continue
-            pump = next(p for p in w.pumps if p.producer == self.plan.producer_of[self._step_of(key)])
+            producer = self.plan.producer_of[self._step_of(key)]
+            pump = next(p for p in [*w.pumps, *w.remote_tees.values()] if p.producer == producer)
             if pump.result and b.algorithm in pump.result.digests:
                 var = b.output.split(":", 1)[1] if b.output and b.output.startswith("variable:") else b.name
                 self.variables[var] = pump.result.digests[b.algorithm]
@@ -509,6 +550,11 @@ class Runner:
         if snap:
             entry["average_speed"] = int(snap.avg_rate)
             entry["peak_speed"] = int(snap.peak_rate)
+        tee = next((t for t in entry["to"] if self.plan.steps[t].type == "tee"), None)
+        if pump.kind == "tee" and tee is not None:
+            entry["placement"] = "controller"
+            if self.tee_placement.get(tee):
+                entry["placement_reason"] = self.tee_placement[tee]
         if r:
             if r.digests:
                 entry["checksums"] = dict(r.digests)

@@ -66,7 +66,7 @@ class Proc:
     stderr: int | None = None
     outcome: ProcOutcome | None = None
     downstream: list[str] = field(default_factory=list)  #: keys of processes reading its stdout
-    feeds_pump: "Pump | None" = None
+    feeds_pump: "Pump | Any | None" = None  #: the Pump (or remote_tee.RemoteTee) reading its stdout
 
 
 @dataclass
@@ -123,6 +123,7 @@ class Wiring:
     sinks: list[Sink] = field(default_factory=list)
     loose_fds: list[int] = field(default_factory=list)
     segment_of: dict[str, str] = field(default_factory=dict)  #: proc key -> key of its segment's first proc
+    remote_tees: dict[str, Any] = field(default_factory=dict)  #: segment key -> RemoteTee run in it
 
     def segments(self) -> list[list[Proc]]:
         """Procs grouped into segments (one target call each), in order."""

@@ -16,6 +16,10 @@ is kept in ``self.last_stats`` (a StreamStats with path="agent"; the last segmen
 ``self.last_result`` (SegmentStats: digests, per-stderr counts, remote pids), and passed to
 ``self.on_stats(procs, stream_stats, segment_stats)`` when that callback is set - use the callback
 when several segments run at once. ``run_segment_detailed`` returns both and accepts checksums.
+
+Tee segments: ``run_tee_segment`` runs a producer chain and its tee branches as one segment, the
+fan-out, checksums and progress done by the agent on the target (``remote_tee_blocker`` says why
+it can't, when it can't); StreamStats.path is then "agent-tee".
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from clipipe.errors import AgentError, TargetError, UnreachableError
 from clipipe.targets.base import ConnectInfo, ProcOutcome, ProcSpec, SegmentIO, StreamStats
 from clipipe.wire import bootstrap
 from clipipe.wire.session import AgentSession, SegmentStats, StreamReaderLike, StreamWriterLike
+from clipipe.wire.tee import RemoteCounter, TeeSpec
 
 Closer = Callable[[], Awaitable[None]]
 StatsCallback = Callable[[list[ProcSpec], StreamStats, SegmentStats], None]
@@ -126,6 +131,39 @@ class AgentTarget:
         except TargetError as exc:
             raise self._classify(exc) from exc
         stats = StreamStats(bytes_in=result.bytes_in, bytes_out=result.bytes_out, path="agent")
+        self.last_stats = stats
+        self.last_result = result
+        if self.on_stats is not None:
+            self.on_stats(procs, stats, result)
+        return outcomes, result
+
+    def remote_tee_blocker(self, bulk: bool) -> str | None:
+        """Why this target can't run a tee segment by its agent now; None when it can."""
+        if self.session is None or self.session.closed or self.connect_info is None:
+            return "the agent is not running"
+        if "tee" not in (self.connect_info.agent.get("features") or []):
+            return "the agent on the target predates tee segments"
+        return None
+
+    async def run_tee_segment(self, procs: list[ProcSpec], io: SegmentIO, tee: TeeSpec,
+                              counter: RemoteCounter | None = None) -> tuple[list[ProcOutcome], SegmentStats]:
+        """Run a segment whose tee, checksums and progress happen on the target (see clipipe.wire.tee)."""
+        fds = [b.fd for b in tee.branches]
+        try:
+            await self.open()
+        except BaseException:
+            io.close()
+            SegmentIO(None, None, fds).close()
+            raise
+        if self.session is None:  # the transport fell back to plain exec: no agent to ask
+            io.close()
+            SegmentIO(None, None, fds).close()
+            raise TargetError("no agent runs on the target: a tee segment needs one", target=self.name)
+        try:
+            outcomes, result = await self.session.run_tee_segment(procs, io, tee, counter=counter)
+        except TargetError as exc:
+            raise self._classify(exc) from exc
+        stats = StreamStats(bytes_in=result.bytes_in, bytes_out=result.bytes_out, path="agent-tee")
         self.last_stats = stats
         self.last_result = result
         if self.on_stats is not None:

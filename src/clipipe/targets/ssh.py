@@ -621,6 +621,28 @@ class SSHTarget(_SSHCore, _Base):
         self.last_stats = stats
         return [outcome]
 
+    def remote_tee_blocker(self, bulk: bool) -> str | None:
+        """Why a tee can't run on this host by its agent (None: it can): no agent, or bulk forced onto the mux."""
+        if self.info.fallback is not None or AgentTarget is None:
+            return f"no agent on {self.host} (plain exec)"
+        if bulk and self.settings.data_plane == "openssh":
+            return "data_plane: openssh sends bulk streams through `ssh -S`, which runs no agent"
+        return AgentTarget.remote_tee_blocker(self, bulk)
+
+    async def run_tee_segment(self, procs: list[ProcSpec], io: SegmentIO, tee: Any,
+                              counter: Any = None) -> tuple[list[ProcOutcome], Any]:
+        """A segment whose tee runs on this host by the agent; recorded as an `agent-tee` stream."""
+        try:
+            await self.ensure_agent()
+        except BaseException:
+            io.close()
+            SegmentIO(None, None, [b.fd for b in tee.branches]).close()
+            raise
+        outcomes, result = await AgentTarget.run_tee_segment(self, procs, io, tee, counter)
+        self._record(StreamStats(bytes_in=result.bytes_in, bytes_out=result.bytes_out, path="agent-tee"))
+        self.last_stats = self.stream_stats[-1]
+        return outcomes, result
+
     async def close(self) -> None:
         """Stop the agent (it kills what it started), the mux master and the connection."""
         if AgentTarget is not None:

@@ -28,12 +28,15 @@ ERROR: int = _agent.ERROR
 PING: int = _agent.PING
 PONG: int = _agent.PONG
 SHUTDOWN: int = _agent.SHUTDOWN
+PROGRESS: int = _agent.PROGRESS
 KIND_NAMES: dict[int, str] = dict(_agent.KIND_NAMES)
 CHUNK: int = _agent.CHUNK
 WINDOW_SIZE: int = _agent.WINDOW_SIZE
 GRANT: int = _agent.GRANT
 MAX_FRAME: int = _agent.MAX_FRAME
 KILL_GRACE: float = _agent.KILL_GRACE
+PROGRESS_INTERVAL: float = _agent.PROGRESS_INTERVAL
+BRANCH_POLICIES: tuple[str, ...] = tuple(_agent.BRANCH_POLICIES)
 
 _HEADER = struct.Struct(">I")
 

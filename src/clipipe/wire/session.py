@@ -1,9 +1,10 @@
 """AgentSession: the controller's side of one agent connection, over any asyncio byte-stream pair.
 
 One reader task decodes frames and routes them: control replies to the request that waits for them,
-DATA/EOF/WINDOW to the channel (see mux.py). Each running segment pumps its controller fds: the stdin
-fd into DATA frames within the channel's credit, DATA frames into the stdout and stderr fds, granting
-credit back as the fds drain. Several segments run at once on one session.
+PROGRESS to the running segment's counter, DATA/EOF/WINDOW to the channel (see mux.py). Each running
+segment pumps its controller fds: the stdin fd into DATA frames within the channel's credit, DATA
+frames into the stdout, stderr and tee-branch fds, granting credit back as the fds drain. Several
+segments run at once on one session.
 
 Controller fds: pipes and sockets are made non-blocking and driven by loop.add_reader/add_writer;
 regular files are read and written in the default executor (they never block for long); other fds
@@ -24,8 +25,9 @@ from clipipe.errors import AgentError, TargetError, UnreachableError
 from clipipe.targets.base import ProcOutcome, ProcSpec, SegmentIO
 from clipipe.wire import frames
 from clipipe.wire.frames import (CHUNK, CONTROL, DATA, EOF, ERROR, EXIT, HELLO, KILL, KILL_GRACE, PING,
-                                 PONG, PROTOCOL, RUN_SEGMENT, SHUTDOWN, STARTED, WINDOW, FrameError)
+                                 PONG, PROGRESS, PROTOCOL, RUN_SEGMENT, SHUTDOWN, STARTED, WINDOW, FrameError)
 from clipipe.wire.mux import InboundChannel, Mux, OutboundChannel, WindowViolation
+from clipipe.wire.tee import RemoteCounter, TeeResult, TeeSpec
 
 
 class StreamWriterLike(Protocol):
@@ -52,6 +54,17 @@ class SegmentStats:
     remote: dict[str, Any] = field(default_factory=dict)   #: stdin/stdout/stderr bytes the agent counted
     digests: dict[str, str] = field(default_factory=dict)  #: checksums of the segment's stdout
     pids: list[int | None] = field(default_factory=list)
+    branch_bytes: list[int] = field(default_factory=list)  #: agent -> controller, per tee branch
+    tee: TeeResult | None = None       #: a tee segment's figures (bytes, digests, branches)
+
+    def count(self, where: str, index: int, n: int) -> None:
+        """n bytes arrived for stdout, stderr[index] or tee branch[index] (branches count as bytes_out)."""
+        if where == "stderr":
+            self.stderr_bytes[index] += n
+            return
+        if where == "branch":
+            self.branch_bytes[index] += n
+        self.bytes_out += n
 
 
 @dataclass
@@ -62,6 +75,7 @@ class _Running:
     exit: asyncio.Future[dict[str, Any]]
     on_started: Callable[[list[int | None]], None] | None = None
     pids: list[int | None] = field(default_factory=list)
+    counter: RemoteCounter | None = None   #: fed by the segment's PROGRESS frames
 
 
 # ------------------------------------------------------------------------------------ fd helpers
@@ -260,8 +274,14 @@ class AgentSession:
             seg = self._segments.get(rid)
             if seg is not None:
                 seg.pids = list(payload.get("pids") or [])
+                if seg.counter is not None:
+                    seg.counter.start()
                 if seg.on_started is not None:
                     seg.on_started(seg.pids)
+        elif kind == PROGRESS:
+            seg = self._segments.get(rid)
+            if seg is not None and seg.counter is not None and type(payload.get("bytes")) is int:
+                seg.counter.update(payload["bytes"])
         elif kind == EXIT:
             seg = self._segments.get(rid)
             if seg is not None and not seg.exit.done():
@@ -339,11 +359,33 @@ class AgentSession:
         Takes ownership of io's fds and closes them. checksums (hashlib names) are computed by the
         agent over the segment's stdout and returned in SegmentStats.digests.
         """
+        return await self._run(procs, io, checksums=checksums, on_started=on_started)
+
+    async def run_tee_segment(self, procs: list[ProcSpec], io: SegmentIO, tee: TeeSpec, *,
+                              counter: RemoteCounter | None = None,
+                              on_started: Callable[[list[int | None]], None] | None = None,
+                              ) -> tuple[list[ProcOutcome], SegmentStats]:
+        """Run a segment with a fan-out node on the agent's host (see clipipe.wire.tee).
+
+        procs[0..tee.after] produce (io.stdin feeds the first; io.stdout must be None); each branch
+        is a chain of the other procs, its last stdout going to its fd, or the raw stream leaving
+        the host for its fd. The agent hashes and counts the stream; PROGRESS frames feed counter.
+        Takes ownership of every fd (io's and the branches'); SegmentStats.tee has the results.
+        """
+        return await self._run(procs, io, tee=tee, counter=counter, on_started=on_started)
+
+    async def _run(self, procs: list[ProcSpec], io: SegmentIO, *, checksums: tuple[str, ...] | list[str] = (),
+                   tee: TeeSpec | None = None, counter: RemoteCounter | None = None,
+                   on_started: Callable[[list[int | None]], None] | None = None,
+                   ) -> tuple[list[ProcOutcome], SegmentStats]:
         stderr_fds = list(io.stderr) + [None] * (len(procs) - len(io.stderr))
-        owned = [io.stdin, io.stdout, *io.stderr]
+        branch_fds = [b.fd for b in tee.branches] if tee is not None else []
+        owned = [io.stdin, io.stdout, *io.stderr, *branch_fds]
         try:
             self._start()
             self._check()
+            if tee is not None and (io.stdout is not None or any(b.leaves and b.fd is None for b in tee.branches)):
+                raise ValueError("a tee segment writes only to its branches, and a leaving branch needs an fd")
         except BaseException:
             _close_fds(owned)
             raise
@@ -352,24 +394,28 @@ class AgentSession:
         stdin_ch = self.mux.open_outbound() if io.stdin is not None else None
         stdout_ch = self.mux.open_inbound() if io.stdout is not None else None
         err_chs = [self.mux.open_inbound() if fd is not None else None for fd in stderr_fds[:len(procs)]]
-        seg = _Running(rid, loop.create_future(), on_started)
+        branch_chs = [self.mux.open_inbound() if fd is not None else None for fd in branch_fds]
+        seg = _Running(rid, loop.create_future(), on_started, counter=counter)
         self._segments[rid] = seg
-        stats = SegmentStats(stderr_bytes=[0] * len(procs))
+        stats = SegmentStats(stderr_bytes=[0] * len(procs), branch_bytes=[0] * len(branch_fds))
         pumps: list[asyncio.Task[None]] = []
+        chans: list[Any] = [stdin_ch, stdout_ch, *err_chs, *branch_chs]
         try:
-            request = {"id": rid, "procs": [{"name": p.name, "command": p.command, "env": dict(p.env),
-                                             "cwd": p.cwd} for p in procs],
-                       "stdin": stdin_ch and stdin_ch.id, "stdout": stdout_ch and stdout_ch.id,
-                       "stderr": [c and c.id for c in err_chs], "checksums": list(checksums)}
+            request: dict[str, Any] = {
+                "id": rid, "procs": [{"name": p.name, "command": p.command, "env": dict(p.env), "cwd": p.cwd}
+                                     for p in procs],
+                "stdin": stdin_ch and stdin_ch.id, "stdout": stdout_ch and stdout_ch.id,
+                "stderr": [c and c.id for c in err_chs], "checksums": list(checksums)}
+            if tee is not None:
+                request["tee"] = tee.request([None if c is None else c.id for c in branch_chs])
             await self._send_drain(frames.encode(CONTROL, RUN_SEGMENT, request))
             if stdin_ch is not None and io.stdin is not None:
                 pumps.append(asyncio.create_task(self._pump_in(io.stdin, stdin_ch, stats)))
-            sinks = []
-            if stdout_ch is not None and io.stdout is not None:
-                sinks.append(asyncio.create_task(self._pump_out(io.stdout, stdout_ch, stats, None)))
-            for i, (fd, ch) in enumerate(zip(stderr_fds, err_chs)):
-                if fd is not None and ch is not None:
-                    sinks.append(asyncio.create_task(self._pump_out(fd, ch, stats, i)))
+            outs: list[tuple[int | None, InboundChannel | None, str, int]] = [(io.stdout, stdout_ch, "stdout", 0)]
+            outs += [(fd, ch, "stderr", i) for i, (fd, ch) in enumerate(zip(stderr_fds, err_chs))]
+            outs += [(fd, ch, "branch", i) for i, (fd, ch) in enumerate(zip(branch_fds, branch_chs))]
+            sinks = [asyncio.create_task(self._pump_out(fd, ch, stats, where, i))
+                     for fd, ch, where, i in outs if fd is not None and ch is not None]
             pumps.extend(sinks)
             for task in pumps:
                 task.add_done_callback(lambda t: _pump_failed(t, seg.exit))
@@ -377,20 +423,26 @@ class AgentSession:
                 result = await seg.exit
             except BaseException:  # cancelled, a pump failed, the agent refused, the link died
                 if not self.closed:
-                    await self._abort(seg, [stdin_ch, stdout_ch, *err_chs], pumps)
+                    await self._abort(seg, chans, pumps)
                 raise
             await asyncio.gather(*sinks)
         finally:
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
-            for chan in [stdin_ch, stdout_ch, *err_chs]:
+            for chan in chans:
                 self.mux.release(chan)
             self._segments.pop(rid, None)
             _close_fds(owned)
+            if counter is not None and not counter.done:
+                counter.finish()
         stats.remote = {k: result.get(k) for k in ("stdin_bytes", "stdout_bytes", "stderr_bytes")}
         stats.digests = dict(result.get("digests") or {})
         stats.pids = seg.pids
+        if tee is not None:
+            stats.tee = TeeResult.from_exit(result.get("tee"), stats.branch_bytes)
+            if counter is not None:
+                counter.finish(stats.tee.bytes, stats.tee.duration)
         outcomes = [ProcOutcome(name=str(p.get("name")), exit_code=p.get("exit_code"), signal=p.get("signal"),
                                 error=p.get("error"), started=float(p.get("started") or 0.0),
                                 ended=float(p.get("ended") or 0.0)) for p in result.get("procs") or []]
@@ -426,7 +478,7 @@ class AgentSession:
             stats.bytes_in += len(data)
             await self._send_drain(frames.encode_data(ch.id, data))
 
-    async def _pump_out(self, fd: int, ch: InboundChannel, stats: SegmentStats, stderr: int | None) -> None:
+    async def _pump_out(self, fd: int, ch: InboundChannel, stats: SegmentStats, where: str, index: int) -> None:
         """DATA frames -> a controller fd, granting credit back as the fd drains."""
         dst = AsyncFd(fd)
         while True:
@@ -439,10 +491,7 @@ class AgentSession:
                 ch.closed_local = True     # our reader is gone: so is the remote writer's
                 self._send(frames.encode(ch.id, EOF, None))
                 return
-            if stderr is None:
-                stats.bytes_out += len(data)
-            else:
-                stats.stderr_bytes[stderr] += len(data)
+            stats.count(where, index, len(data))
             grant = ch.consumed(len(data))
             if grant:
                 self._send(frames.encode(ch.id, WINDOW, grant))

@@ -96,7 +96,7 @@ values = st.recursive(small, lambda c: st.one_of(st.lists(c, max_size=5),
                                                  st.dictionaries(st.text(max_size=10), c, max_size=5)),
                       max_leaves=20)
 field_names = st.sampled_from(["id", "procs", "stdin", "stdout", "stderr", "checksums", "segment",
-                               "signal", "name", "command", "env", "cwd"])
+                               "signal", "name", "command", "env", "cwd", "tee"])
 maps = st.dictionaries(field_names, values, max_size=8)
 channels = st.one_of(st.integers(-5, 40), st.integers(-(2**63), 2**64 - 1))
 kinds = st.one_of(st.integers(0, 20), st.integers(-(2**31), 2**31))
@@ -196,3 +196,38 @@ def test_oversized_length_prefix_is_fatal_but_clean(tmp_path: Any) -> None:
     channel, kind, payload = d.read_frame()
     assert (channel, kind) == (0, frames.ERROR) and "MAX_FRAME" in payload["message"]
     assert d.proc.wait(10) == 0
+
+
+small_ints = st.one_of(st.integers(-2, 6), st.none(), st.text(max_size=2))
+tee_branches = st.lists(st.fixed_dictionaries({}, optional={
+    "procs": st.one_of(st.lists(small_ints, max_size=4), small_ints), "stdout": small_ints,
+    "channel": small_ints, "on_exit": st.sampled_from(["fail", "drop", "x", None]),
+    "count": st.one_of(st.booleans(), small_ints)}), max_size=4)
+tees = st.fixed_dictionaries({}, optional={
+    "after": small_ints, "branches": st.one_of(tee_branches, values),
+    "checksums": st.one_of(st.lists(st.sampled_from(["sha256", "md5", "nope"]), max_size=2), values),
+    "progress": st.one_of(st.booleans(), small_ints)})
+
+
+@given(tees, st.integers(1, 5))
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+def test_tee_requests_of_any_shape(driver: AgentDriver, tee: dict[str, Any], nprocs: int) -> None:
+    """Near-valid and wild tee maps: a segment that runs to EXIT, or an ERROR; the agent keeps serving."""
+    rid = driver.next_id = driver.next_id + 1
+    base = rid * 100 % (2**31 - 200)
+    for b in tee.get("branches") if isinstance(tee.get("branches"), list) else []:
+        for key in ("stdout", "channel") if isinstance(b, dict) else ():
+            if type(b.get(key)) is int and b[key] > 0:
+                b[key] += base + 50     # fresh channels, never one in use
+    req = {"id": rid, "procs": [{"name": f"p{i}", "command": SAFE_COMMANDS[i % 4]} for i in range(nprocs)],
+           "stdin": None, "stdout": None, "stderr": [None] * nprocs, "tee": tee}
+    driver.write(frames.encode(0, frames.RUN_SEGMENT, req))
+    seen = driver.ping()
+    _check_replies(seen)
+    mine = [(k, p) for _, k, p in seen if isinstance(p, dict) and p.get("id") == rid]
+    if any(k == frames.STARTED for k, _ in mine):   # it started: tell every leaving branch we won't read
+        for b in tee.get("branches") or []:
+            if isinstance(b, dict) and type(b.get("channel")) is int:
+                driver.write(frames.encode(b["channel"], frames.EOF, None))
+        driver.write(frames.encode(0, frames.KILL, {"id": rid + 1, "segment": rid, "signal": 9}))
+        _check_replies(driver.ping())

@@ -20,9 +20,10 @@ agent = bootstrap.agent_module()
 def test_protocol_table_comes_from_the_agent() -> None:
     """The controller's constants are the agent's: one table, no copies to drift."""
     for name in ("PROTOCOL", "CONTROL", "HELLO", "RUN_SEGMENT", "DATA", "EOF", "WINDOW", "EXIT", "KILL",
-                 "ERROR", "PING", "PONG", "SHUTDOWN", "CHUNK", "WINDOW_SIZE", "GRANT", "MAX_FRAME"):
+                 "ERROR", "PING", "PONG", "SHUTDOWN", "PROGRESS", "CHUNK", "WINDOW_SIZE", "GRANT", "MAX_FRAME",
+                 "PROGRESS_INTERVAL"):
         assert getattr(frames, name) == getattr(agent, name)
-    assert len(set(agent.KIND_NAMES)) == len(agent.KIND_NAMES) == 12
+    assert len(set(agent.KIND_NAMES)) == len(agent.KIND_NAMES) == 13
     assert agent.CHUNK <= agent.WINDOW_SIZE < agent.MAX_FRAME
 
 
