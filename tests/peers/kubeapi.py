@@ -177,6 +177,7 @@ class KubeAPIServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self.port = 0
 
@@ -246,10 +247,7 @@ class KubeAPIServer:
 
     def stop(self, *, keep_root: bool = False) -> None:
         """Stop serving, kill what exec started, remove the root directory (unless asked not to)."""
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        self._shutdown()
         with self._lock:
             procs, self._procs = self._procs, []
         for p in procs:
@@ -263,12 +261,27 @@ class KubeAPIServer:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def restart(self) -> None:
-        """Stop and start again on the same port (a control-plane restart), pods kept."""
+        """Stop and start again on the same port (a control-plane restart), pods and processes kept."""
+        self._shutdown()
+        self.start()
+
+    def drop_connections(self) -> None:
+        """Cut every open client connection (a network blip), keep listening."""
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _shutdown(self) -> None:
+        """Stop listening and cut the open connections (keep-alive ones too)."""
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
-        self.start()
+        self.drop_connections()
 
     def live_processes(self) -> list[subprocess.Popen[bytes]]:
         """Exec'd processes that have not exited."""
@@ -326,6 +339,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        with self.api._lock:
+            self.api._conns.add(self.connection)
+
+    def finish(self) -> None:
+        with self.api._lock:
+            self.api._conns.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass
+
     # ------------------------------------------------------------------ plumbing
     def _json(self, code: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
@@ -382,10 +408,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, pod.to_json())
             return
         if role != "admin":
-            what = "pods/exec" if sub == "exec" else "pods/portforward"
-            self._error(403, "Forbidden", f'{what} "{name}" is forbidden: User "tester" cannot create '
-                        f'resource "{sub if sub == "exec" else "pods/portforward"}" in API group "" in the '
-                        f'namespace "{ns}"', name=name, kind="pods")
+            self._error(403, "Forbidden", f'pods "{name}" is forbidden: User "tester" cannot create '
+                        f'resource "pods/{sub}" in API group "" in the namespace "{ns}"', name=name, kind="pods")
             return
         if sub == "exec":
             self._exec(pod, query)
