@@ -86,6 +86,7 @@ def kubeconfig_paths(setting: str | None) -> list[str]:
 
 def load_api(setting: str | None, context: str | None, target: str) -> KubeAPI:
     """The (cached) API client of kube `context` from the kubeconfig; TargetError when it can't be built."""
+    import yaml
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
@@ -101,7 +102,7 @@ def load_api(setting: str | None, context: str | None, target: str) -> KubeAPI:
         config_file: Any = present[0] if len(present) == 1 else os.pathsep.join(present)
         try:
             contexts, active = config.list_kube_config_contexts(config_file)
-        except (ConfigException, OSError, ValueError, TypeError, AttributeError) as exc:
+        except (ConfigException, yaml.YAMLError, OSError, ValueError, TypeError, AttributeError) as exc:
             raise TargetError(f"can't read kubeconfig {config_file}: {_config_why(exc)}", target=target,
                               hint=HINT_NO_KUBECONFIG) from exc
         names = [c.get("name") for c in contexts or []]
@@ -118,7 +119,7 @@ def load_api(setting: str | None, context: str | None, target: str) -> KubeAPI:
         try:
             config.load_kube_config(config_file=config_file, context=chosen, client_configuration=conf,
                                     persist_config=False)
-        except (ConfigException, OSError, ValueError, TypeError) as exc:
+        except (ConfigException, yaml.YAMLError, OSError, ValueError, TypeError) as exc:
             raise TargetError(f"can't use kube context {chosen!r} of {config_file}: {_config_why(exc)}",
                               target=target) from exc
         conf.retries = API_RETRIES

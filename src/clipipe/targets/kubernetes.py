@@ -86,11 +86,15 @@ def raw_script(procs: list[ProcSpec], nonce: str, stdin: bool) -> str:
 
     Without a stdin stream, the exec's stdin serves as a lifeline: a guard blocks reading it and kills
     the script's process group when it closes (the controller is gone), and the first proc reads
-    /dev/null instead.
+    /dev/null instead. The group is the script's own because container runtimes start an exec'd
+    process in a new session (runc's nsexec calls setsid()); `-$$` names exactly that group, and
+    where the script is not a group leader the kill fails instead of hitting someone else's group.
     """
     lines = ["exec 9>&2", f"echo {nonce}:pid:$$ >&9"]
     if not stdin:
-        lines += ["exec 3<&0", "( read -r _ <&3; kill -KILL 0 ) >/dev/null 2>&1 9>&- &", "w=$!", "exec 3<&-"]
+        lines += ["exec 3<&0",
+                  "( read -r _ <&3; kill -KILL -$$ 2>/dev/null || kill -KILL $$ ) >/dev/null 2>&1 9>&- &",
+                  "w=$!", "exec 3<&-"]
     stages = [f"{{ {proc_line(p)}; echo {nonce}:{i}:$? >&9; }}" for i, p in enumerate(procs)]
     if not stdin:
         stages[0] = stages[0] + " </dev/null"
@@ -315,10 +319,10 @@ class KubernetesTarget(AgentTarget):
     async def kill_remote_group(self, pid: int, sig: str = "TERM") -> None:
         """Signal a raw-exec script's process group through a second exec (SIGKILL follows)."""
         api, pod = await self.kube_api(), await self.connect()
-        script = (f"kill -{sig} -- -{pid} 2>/dev/null || kill -{sig} {pid} 2>/dev/null\n"
-                  f"( sleep {KILL_GRACE}; kill -KILL -- -{pid} ) >/dev/null 2>&1 &\n")
+        script = (f"kill -{sig} -{pid} 2>/dev/null || kill -{sig} {pid} 2>/dev/null\n"
+                  f"( sleep {KILL_GRACE}; kill -KILL -{pid} ) >/dev/null 2>&1 &\n")
         if sig == "PIPE":
-            script = f"kill -PIPE -- -{pid} 2>/dev/null || kill -PIPE {pid} 2>/dev/null\n"
+            script = f"kill -PIPE -{pid} 2>/dev/null || kill -PIPE {pid} 2>/dev/null\n"
         stream = await ExecStream.open(api, pod, ["sh", "-c", script], target=self.name,
                                        timeout=self.settings.connect_timeout,
                                        protocol=PROTOCOLS[self.settings.exec_protocol])
