@@ -658,3 +658,26 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def main() -> None:
+    """`python -m tests.peers.kubeapi KUBECONFIG POD...`: serve in a process of its own until stdin closes.
+
+    Benchmarks use this so the stand-in does not share the measured process's GIL (a real API server
+    and kubelet are other processes too).
+    """
+    import sys
+
+    server = KubeAPIServer().start()
+    for name in sys.argv[2:]:
+        server.add_pod(name)
+    server.kubeconfig(Path(sys.argv[1]))
+    print(f"ready {server.url} {server.root}", flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -357,6 +357,10 @@ class ExecStream:
             return ExecStatus(None, f"connection lost ({why})", "lost")
         return self.status
 
+    def discard_output(self) -> None:
+        """Drop unread and future stdout/stderr, so the reader thread can reach the status."""
+        self._inbox.discard()
+
     @property
     def ended(self) -> bool:
         """True once the reader saw the websocket end."""

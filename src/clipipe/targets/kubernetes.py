@@ -184,6 +184,7 @@ class KubernetesTarget(AgentTarget):
         self.exec_protocol = stream.protocol
 
         async def closer() -> None:
+            stream.discard_output()         # the session reads no more: let the status through
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stream.wait(), STATUS_WAIT)
             await stream.aclose()
@@ -379,7 +380,7 @@ async def _feed(fd: int, stream: ExecStream) -> None:
     src = AsyncFd(fd)
     try:
         while True:
-            data = await src.read(256 * 1024)
+            data = await src.read(1024 * 1024)
             if not data:
                 break
             stream.write(data)
