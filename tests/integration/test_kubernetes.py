@@ -438,3 +438,12 @@ def test_context_list_show_and_test_for_kubernetes(clipipe, tmp_path, kube):
     assert res.code == 3 and "pod 'web-9' not found" in res.err
     res = clipipe("--contexts", str(ctx), "context", "show", "web")
     assert res.code == 0 and "selector: app=web" in res.out, res
+
+
+def test_fleet_over_kubernetes_contexts(clipipe, tmp_path, kube):
+    kube.add_pod("web-2", labels={"app": "web2"}, python=False)
+    ctx = ctx_yaml(tmp_path, k1={"pod": "web-0"}, k2={"selector": "app=web2"}, k3={"pod": "missing"})
+    res = clipipe("--contexts", str(ctx), "run", "-c", "k*", "echo pod=$KUBE_STANDIN_POD")
+    assert res.code == 3, res                   # k3 is unreachable, the others ran
+    assert "k1 | pod=web-0" in res.out and "k2 | pod=web-2" in res.out, res
+    assert "Traceback" not in res.err
