@@ -447,3 +447,61 @@ def test_fleet_over_kubernetes_contexts(clipipe, tmp_path, kube):
     assert res.code == 3, res                   # k3 is unreachable, the others ran
     assert "k1 | pod=web-0" in res.out and "k2 | pod=web-2" in res.out, res
     assert "Traceback" not in res.err
+
+
+def test_a_server_without_v4_or_v5_is_one_clear_error(tmp_path):
+    server = KubeAPIServer(protocols=("channel.k8s.io",)).start()
+    try:
+        server.add_pod("web-0")
+        server.kubeconfig(tmp_path / "kubeconfig")
+        with pytest.raises(TargetError, match="exec in pod default/web-0: unable to upgrade: no supported subprotocol"):
+            asyncio.run(target(tmp_path, pod="web-0").open())
+    finally:
+        server.stop()
+        kubeclient.clear_cache()
+
+
+@pytest.mark.parametrize("python", [True, False], ids=["agent", "raw-exec"])
+def test_cancelled_segment_is_killed_in_the_pod(tmp_path, kube, python):
+    kube.add_pod("p-0", python=python)
+    marker = f"1000.{secrets.randbelow(10**6):06d}"
+
+    async def go() -> None:
+        t = target(tmp_path, pod="p-0")
+        try:
+            task = asyncio.create_task(t.run_segment([ProcSpec("s", f"sleep {marker}")], SegmentIO(None, None, [None])))
+            while not _marked(f"sleep {marker}"):
+                await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert wait_gone(_marked(marker), 10) == []
+            r, w = os.pipe()                # the target is still usable afterwards
+            outs = await t.run_segment([ProcSpec("e", "echo after")], SegmentIO(None, w, [None]))
+            assert outs[0].ok and read_all(r) == b"after\n"
+        finally:
+            await t.close()
+
+    asyncio.run(go())
+
+
+def test_a_dropped_exec_connection_fails_the_segment_and_leaves_nothing(tmp_path, kube):
+    marker = f"1000.{secrets.randbelow(10**6):06d}"
+
+    async def go() -> BaseException | list:
+        t = target(tmp_path, pod="web-0")
+        try:
+            task = asyncio.create_task(t.run_segment([ProcSpec("s", f"sleep {marker}")], SegmentIO(None, None, [None])))
+            while not _marked(f"sleep {marker}"):
+                await asyncio.sleep(0.05)
+            kube.drop_connections()          # the network between us and the API server breaks
+            try:
+                return await task
+            except UnreachableError as exc:
+                return exc
+        finally:
+            await t.close()
+
+    result = asyncio.run(go())
+    assert isinstance(result, UnreachableError) and "agent connection" in str(result)
+    assert wait_gone(_marked(marker), 10) == []
