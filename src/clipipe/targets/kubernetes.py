@@ -173,6 +173,7 @@ class KubernetesTarget(AgentTarget):
         """Exec the agent's loader in the pod; its stdout/stdin are the transport."""
         api, pod = await self.kube_api(), await self.connect()
         self.transport_stderr = b""
+        self._boot = None                   # a failure before the exec must not read an old status
 
         def on_stderr(chunk: bytes) -> None:
             self.transport_stderr = (self.transport_stderr + chunk)[-STDERR_TAIL:]
