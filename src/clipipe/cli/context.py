@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from clipipe.errors import AuthError, ClipipeError, HostKeyError, TargetError, UserError
+from clipipe.errors import AuthError, ClipipeError, HostKeyError, TargetError, UnreachableError, UserError
 from clipipe.targets.contexts import Contexts, load_contexts
 
 #: Seconds `context list` waits for each target: a list should come back fast even with dead hosts.
@@ -52,9 +52,10 @@ def status_of(exc: BaseException | None) -> str:
         return "auth failed"
     if isinstance(exc, HostKeyError):
         return "host key unknown" if "unknown" in exc.message else "host key changed"
-    if isinstance(exc, TargetError):
+    if isinstance(exc, UnreachableError):
         return f"unreachable: {exc.message}"
-    return f"error: {exc}"
+    # reached, but can't be used (a kubernetes pod that is missing, an ssh protocol error)
+    return f"error: {exc.message if isinstance(exc, ClipipeError) else exc}"
 
 
 async def probe(contexts: Contexts, name: str, timeout: float) -> str:
@@ -69,7 +70,8 @@ async def probe(contexts: Contexts, name: str, timeout: float) -> str:
     connect = getattr(target, "connect", None) or target.open
     try:
         await asyncio.wait_for(connect(), timeout)
-        return "ready"
+        detail = getattr(target, "status_detail", None)   # e.g. which pod a kubernetes context found
+        return f"ready ({detail()})" if callable(detail) and detail() else "ready"
     except asyncio.TimeoutError:
         return f"unreachable: no answer within {timeout:g}s"
     except ClipipeError as exc:
@@ -186,7 +188,7 @@ def test_cmd(name: str, as_json: bool) -> None:
     if "connect_seconds" in d:
         click.echo(f"  connect: {d['connect_seconds'] * 1000:.0f} ms "
                    f"(with agent boot: {d['open_seconds'] * 1000:.0f} ms)")
-    for k in ("address", "transport", "fallback"):
+    for k in ("address", "transport", "pod_from", "exec_protocol", "fallback"):
         if d.get(k):
             click.echo(f"  {k}: {d[k]}")
     agent = d.get("agent") or {}

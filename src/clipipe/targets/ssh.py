@@ -650,6 +650,13 @@ class SSHTarget(_SSHCore, _Base):
                 await AgentTarget.close(self)
         await self.close_connections()
 
+    def port_forward(self, remote_port: int, local_port: int = 0, *, remote_host: str = "127.0.0.1",
+                     **options: Any) -> Any:
+        """A probed, self-healing forward from a local port to remote_host:remote_port (seen from the host)."""
+        from clipipe.targets.portforward import Forward, SSHTunnel
+
+        return Forward(SSHTunnel(self, remote_host, remote_port), local_port=local_port, **options)
+
     def describe(self) -> dict[str, Any]:
         """Connect time, transport, agent HELLO, fallback and bytes per stream path."""
         d = self.describe_connection()

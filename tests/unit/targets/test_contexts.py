@@ -191,10 +191,11 @@ def test_make_target_is_cached_per_name():
     assert c.opened_targets() == {"prod-server": t, "backup-server": c.make_target("backup-server")}
 
 
-def test_kubernetes_target_says_not_implemented():
+def test_kubernetes_context_without_a_pod_says_what_to_set():
     c = parse_contexts(SEED_003)
-    with pytest.raises(TargetError, match="not implemented yet"):
+    with pytest.raises(TargetError, match="names no pod") as ei:
         asyncio.run(c.make_target("k8s-prod").open())
+    assert "selector" in (ei.value.hint or "")
 
 
 def test_masked_settings_hide_secrets_but_not_env_names():
