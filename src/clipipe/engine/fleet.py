@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clipipe import __version__
-from clipipe.engine.operation import Prepared, TargetPool, cancel_on_signals, prepare
+from clipipe.engine.operation import Prepared, TargetPool, cancel_on_signals, describe_target, prepare
 from clipipe.engine.output import Console
 from clipipe.engine.record import iso, ms, new_op_id
 from clipipe.engine import rerun
@@ -83,7 +83,7 @@ class FleetPool(TargetPool):
             await target.close()
         except Exception:  # noqa: BLE001 - closing must not hide the run's result
             pass
-        self.used[name] = {**self.used.get(name, {}), **_describe(target)}
+        self.used[name] = {**self.used.get(name, {}), **describe_target(target)}
 
     def close_soon(self, name: str) -> None:
         """Close host `name`'s target in the background."""
@@ -93,13 +93,6 @@ class FleetPool(TargetPool):
         """Close every target still open, all at once."""
         names = list(dict.fromkeys([*self._targets, *self._made]))
         await asyncio.gather(*self._closing, *(self.close_one(n) for n in names), return_exceptions=True)
-
-
-def _describe(target: Any) -> dict[str, Any]:
-    try:
-        return dict(target.describe())
-    except Exception:  # noqa: BLE001 - a description is best effort
-        return {}
 
 
 def load_catalog(contexts_path: str | None, inventories: list[str] | tuple[str, ...] = ()) -> Any:
@@ -493,6 +486,8 @@ class Fleet:
         contexts = set(prep.plan.contexts.values()) | {host}
         runner = Runner(prep.plan, prep.values, get, console, jobs=self.jobs,
                         remote_contexts=self.pool.remote_names(contexts))  # piped steps join on the host
+        runner.contexts = self.pool.contexts() or None
+        runner.make_target = self.pool.make
         runner.direct_output = False           # every line goes through the host's output
         result = await runner.run()
         res.steps = [r.to_json(prep.scrub) for r in result.steps.values()]

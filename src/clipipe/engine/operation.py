@@ -22,7 +22,6 @@ from clipipe.targets.base import Target
 
 #: Names every pipeline can use without declaring them.
 BUILTIN_NAMES = ("name", "date", "time", "datetime", "timestamp", "op_id", "hostname", "user")
-_UNSUPPORTED = {"port-forward", "cleanup", "transfer"}
 
 
 @dataclass
@@ -47,6 +46,7 @@ class TargetPool:
         self._contexts: Any = None
         self._targets: dict[str, Target] = {}
         self._opening: dict[str, asyncio.Task[Target]] = {}
+        self._made: dict[str, Target] = {}      #: made but maybe never opened (see `make`)
         self.used: dict[str, dict[str, Any]] = {}
 
     def contexts(self) -> Any:
@@ -78,6 +78,17 @@ class TargetPool:
             raise ContextError(f"unknown context {name!r} (known: {', '.join(known)})",
                                hint="define it in contexts.yaml; see `clipipe context list`")
 
+    def make(self, name: str) -> Target:
+        """The target of context `name`, not opened (for what needs no agent, e.g. a port-forward)."""
+        if name in self._targets:
+            return self._targets[name]
+        c = self.contexts()
+        if not c:
+            raise ContextError(f"unknown context {name!r}")
+        target = c.make_target(name)        # the same cached instance `get` opens
+        self._made.setdefault(name, target)
+        return target
+
     async def get(self, name: str) -> Target:
         """The open target of context `name` (opened on first use)."""
         if name in self._targets:
@@ -103,14 +114,23 @@ class TargetPool:
         return target
 
     async def close(self) -> None:
-        """Close every opened target."""
-        for t in list(self._targets.values()):
+        """Close every target opened or made this run."""
+        every = {**self._made, **self._targets}
+        for t in list(every.values()):
             try:
                 await t.close()
             except Exception:  # noqa: BLE001 - closing must not hide the run's own result
                 pass
-        for name, t in self._targets.items():  # figures measured during the run (bytes, paths)
-            self.used[name] = {**self.used[name], **t.describe()}
+        for name, t in every.items():  # figures measured during the run (bytes, paths)
+            self.used[name] = {**self.used.get(name, {}), **describe_target(t)}
+
+
+def describe_target(target: Target) -> dict[str, Any]:
+    """`target.describe()`, or {} when it fails (descriptions are best effort)."""
+    try:
+        return dict(target.describe())
+    except Exception:  # noqa: BLE001 - a description is best effort
+        return {}
 
 
 @dataclass
@@ -132,10 +152,6 @@ def prepare(pipeline: Pipeline, given: dict[str, Any], pool: TargetPool, context
     values = params_mod.resolve(pipeline, given, base)
     default = context or pool.default_name()
     plan = build_plan(pipeline, default_context=default, known_values=list(BUILTIN_NAMES))
-    for s in pipeline.steps:
-        if s.type in _UNSUPPORTED:
-            raise UserError(f"step {s.name!r}: type {s.type!r} is not available yet in this version",
-                            mark=s.mark)
     for name in sorted(set(plan.contexts.values()) | {c for s in pipeline.steps for b in s.branches
                                                      for c in [b.context, *(x.context for x in b.steps)] if c}):
         pool.check(name)
@@ -160,6 +176,10 @@ def build_record(prep: Prepared, result: RunResult | None, pool: TargetPool, sta
         "contexts_used": [{"name": n, **info, "steps": [s for s, c in prep.plan.contexts.items() if c == n]}
                           for n, info in pool.used.items()],
     }
+    if result and result.transfers:
+        rec["transfers"] = result.transfers
+    if result and result.forwards:
+        rec["port_forwards"] = result.forwards
     if error:
         rec["error"] = prep.scrub(error)
     return rec
@@ -170,6 +190,8 @@ async def execute(prep: Prepared, pool: TargetPool, console: Console, opts: RunO
     """Run the plan, stopping cleanly (every process group killed) on SIGINT/SIGTERM."""
     runner = Runner(prep.plan, prep.values, pool.get, console, jobs=opts.jobs, progress=progress,
                     remote_contexts=pool.remote_names(set(prep.plan.contexts.values())))
+    runner.contexts = pool.contexts() or None
+    runner.make_target = pool.make
     task = asyncio.ensure_future(runner.run())
     try:
         with cancel_on_signals(task):

@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from clipipe import fastpipe
 from clipipe.engine import remote_tee
+from clipipe.engine import steptypes
 from clipipe.engine.output import Console
 from clipipe.engine.record import StepRecord, ms
 from clipipe.engine.wiring import Proc, Pump, Wiring, run_in_thread, segment_io
@@ -39,6 +40,8 @@ class RunResult:
     streams: list[dict[str, Any]] = field(default_factory=list)
     variables: dict[str, str] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
+    transfers: list[dict[str, Any]] = field(default_factory=list)   #: transfer steps (record `transfers`)
+    forwards: list[dict[str, Any]] = field(default_factory=list)    #: port-forward steps, as stopped
 
 
 class GroupFailed(Exception):
@@ -55,6 +58,11 @@ class Runner:
     def __init__(self, plan: Plan, values: dict[str, Any], targets: TargetGetter, console: Console, *,
                  jobs: int = 8, progress: Any = None, remote_contexts: set[str] | None = None) -> None:
         self.plan = plan
+        self.contexts: Any = None          #: the run's Contexts, for transfer steps' endpoints
+        self.make_target: Callable[[str], Target] | None = None   #: an unopened target (port-forwards)
+        self.forwards: dict[str, list[Any]] = {}      #: port-forward step -> its running forwards
+        self.forward_stats: list[dict[str, Any]] = []
+        self.transfers: list[dict[str, Any]] = []
         #: contexts where consecutive piped steps run as one segment, joined by the remote's own pipes
         self.remote_contexts = remote_contexts or set()
         self.values = dict(values)
@@ -90,13 +98,13 @@ class Runner:
         try:
             while True:
                 for gid in sorted(deps):
-                    if gid in status or stop:
+                    if gid in status or (stop and not self._is_cleanup(gid)):
                         continue
-                    if any(status.get(d, "running") == "running" for d in deps[gid]):
+                    if any(self._pending(d, status, stop) for d in deps[gid]):
                         continue
-                    bad = [d for d in deps[gid] if status[d] in ("failed", "skipped", "cancelled")]
+                    bad = [d for d in deps[gid] if status.get(d, "skipped") in ("failed", "skipped", "cancelled")]
                     status[gid] = "running"
-                    if bad:
+                    if bad and not self._is_cleanup(gid):     # a cleanup runs whatever came before
                         status[gid] = "skipped"
                         for n in plan.groups[gid].steps:
                             self.records[n].status = "skipped"
@@ -118,6 +126,8 @@ class Runner:
             for t in running:
                 t.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+        finally:
+            await steptypes.close_all(self)      # forwards no cleanup step stopped end with the run
         for gid in deps:
             if gid not in status or status[gid] == "running":
                 for n in plan.groups[gid].steps:
@@ -126,7 +136,17 @@ class Runner:
         failed = [n for n, r in self.records.items() if r.status == "failed" and not r.ignored]
         result = "cancelled" if cancelled else ("failed" if failed or stop else "ok")
         return RunResult(status=result, steps=self.records, streams=self.streams,
-                         variables=dict(self.variables), failed=failed)
+                         variables=dict(self.variables), failed=failed, transfers=self.transfers,
+                         forwards=self.forward_stats)
+
+    def _pending(self, gid: int, status: dict[int, str], stop: bool) -> bool:
+        """True while group `gid` may still run: running, or not started and the run goes on."""
+        state = status.get(gid)
+        return state == "running" or (state is None and (not stop or self._is_cleanup(gid)))
+
+    def _is_cleanup(self, gid: int) -> bool:
+        names = self.plan.groups[gid].steps
+        return len(names) == 1 and self.plan.steps[names[0]].type == "cleanup"
 
     async def _guarded(self, gid: int, sem: asyncio.Semaphore) -> str:
         async with sem:
@@ -341,6 +361,9 @@ class Runner:
 
     async def _attempt(self, steps: list[Step]) -> None:
         """Start the group's processes and pumps, wait, and judge the outcome."""
+        if len(steps) == 1 and steps[0].type in steptypes.TYPES:
+            await steptypes.run(self, steps[0])
+            return
         self.tee_placement.update(await remote_tee.place(self, steps))
         try:
             w, branch_of = self._wire(steps)

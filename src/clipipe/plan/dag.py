@@ -57,6 +57,8 @@ def _variables(pipeline: Pipeline) -> dict[str, str]:
     out: dict[str, str] = {}
     for s in pipeline.steps:
         names = [s.variable] if s.variable else []
+        if s.type == "port-forward":
+            names.append(s.name)            # {{.NAME.port}}, {{.NAME.address}}: its local end
         for b in s.branches:
             if b.output and b.output.startswith("variable:"):
                 names.append(b.output.split(":", 1)[1])
@@ -131,6 +133,31 @@ def _stream_edges(pipeline: Pipeline) -> list[Edge]:
     return edges
 
 
+def _cleanup_edges(pipeline: Pipeline, steps: dict[str, Step], edges: list[Edge]) -> list[Edge]:
+    """A cleanup step waits for the steps it stops and for every step that depends on those."""
+    succ: dict[str, list[str]] = {}
+    for e in edges:
+        succ.setdefault(e.src, []).append(e.dst)
+    out: list[Edge] = []
+    for s in pipeline.steps:
+        if s.type != "cleanup":
+            continue
+        stop = s.options.get("stop")
+        todo = [str(x) for x in (stop if isinstance(stop, list) else [stop] if stop else [])]
+        for name in todo:
+            if name not in steps:
+                raise PlanError(f"step {s.name!r}: stop: {name!r} is not a step of the pipeline", mark=s.mark)
+        seen: set[str] = set()
+        while todo:
+            n = todo.pop()
+            if n in seen or n == s.name:
+                continue
+            seen.add(n)
+            out.append(Edge(n, s.name, "cleanup"))
+            todo.extend(succ.get(n, []))
+    return out
+
+
 def find_cycle(nodes: Iterable[str], succ: dict[str, list[str]]) -> list[str] | None:
     """One cycle as a path [a, b, ..., a], or None (iterative DFS, safe for deep graphs)."""
     color: dict[str, int] = {}
@@ -184,6 +211,7 @@ def build_plan(pipeline: Pipeline, *, default_context: str = "local",
                                     f"or a captured variable", mark=s.mark)
                 if ref in variables and variables[ref] != s.name:
                     edges.append(Edge(variables[ref], s.name, "variable"))
+    edges += _cleanup_edges(pipeline, steps, edges)
     succ_set: dict[str, dict[str, None]] = {n: {} for n in steps}  # ordered sets: hubs stay O(1)
     for e in edges:
         succ_set[e.src][e.dst] = None

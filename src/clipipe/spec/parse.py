@@ -208,11 +208,53 @@ def parse_step(node: Any, index: int, where: str = "step") -> Step:
             seen.add(b.name)
     elif stype in TYPE_KEYS:
         step.options = {k: node[k] for k in TYPE_KEYS[stype] if k in node}
+        _check_step_type(stype, step, node, what)
     else:
         raise SpecError(f"{what}: unknown step type {stype!r} (known: command, tee, port-forward, "
                         f"cleanup, transfer){did_you_mean(stype, {'command', 'tee', 'port-forward', 'cleanup', 'transfer'})}",
                         mark=node.mark_of("type"))
     return step
+
+
+def port_pairs(value: Any) -> list[tuple[int, int]]:
+    """`ports:` as (local, remote) pairs: "9000:9000", "9000", "0:5432", 9000, or a list; ValueError if not."""
+    items = value if isinstance(value, list) else [value]
+    if value is None or not items:
+        raise ValueError("a port-forward needs `ports:` (LOCAL:REMOTE, e.g. \"9000:9000\")")
+    out = []
+    for item in items:
+        local, sep, remote = str(item).strip().partition(":")
+        try:
+            pair = (int(local), int(remote)) if sep else (int(local), int(local))
+        except ValueError:
+            raise ValueError(f"ports {item!r} is not LOCAL:REMOTE") from None
+        if not (0 <= pair[0] < 65536 and 0 < pair[1] < 65536):
+            raise ValueError(f"ports {item!r} is out of range")
+        out.append(pair)
+    return out
+
+
+def _check_step_type(stype: str, step: Step, node: Any, what: str) -> None:
+    """The settings of a port-forward, cleanup or transfer step, each error at its own key."""
+    o = step.options
+    if stype == "port-forward":
+        try:
+            port_pairs(o.get("ports"))
+        except ValueError as exc:
+            raise SpecError(f"{what}: {exc}", mark=node.mark_of("ports") if "ports" in node else node.mark) from None
+        if o.get("background", True) is not True:
+            raise SpecError(f"{what}: port-forwards run in the background (until a cleanup step stops them "
+                            "or the run ends); `background: false` is not supported", mark=node.mark_of("background"))
+        if o.get("pod") and o.get("service"):
+            raise SpecError(f"{what}: give `pod:` or `service:`, not both", mark=node.mark_of("service"))
+    elif stype == "cleanup":
+        if not o.get("stop"):
+            raise SpecError(f"{what}: a cleanup step needs `stop:` (a port-forward step's name, or a list)",
+                            mark=node.mark)
+    elif stype == "transfer":
+        for key, alt in (("source", "src"), ("destination", "dst")):
+            if not (o.get(key) or o.get(alt)):
+                raise SpecError(f"{what}: a transfer step needs `{key}:`", mark=node.mark)
 
 
 def parse_branch(node: Any, index: int, tee: str, default_policy: str) -> Branch:

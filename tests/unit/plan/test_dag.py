@@ -71,3 +71,27 @@ def test_big_graphs_plan_and_draw():
     p = plan(_chain(2000))
     assert len(p.levels) == 1999
     assert "s1999" in draw.to_mermaid(p) and "digraph" in draw.to_dot(p) and "level 1999" in draw.to_text(p)
+
+
+def test_cleanup_waits_for_what_it_stops_and_for_everything_depending_on_that():
+    p = plan("""
+steps:
+  - {name: fwd, type: port-forward, ports: "9000"}
+  - {name: other, run: x}
+  - {name: use, run: "curl {{.fwd.address}}"}
+  - {name: later, run: x, depends_on: use}
+  - {name: tidy, type: cleanup, stop: fwd}
+""")
+    by_level = [[p.groups[g].steps[0] for g in lvl] for lvl in p.levels]
+    assert by_level == [["fwd", "other"], ["use"], ["later"], ["tidy"]]
+    kinds = {(e.src, e.dst): e.kind for e in p.edges}
+    assert kinds[("fwd", "use")] == "variable"                      # {{.fwd.address}} is an implicit edge
+    assert {s for (s, d), k in kinds.items() if d == "tidy"} == {"fwd", "use", "later"}
+
+
+def test_cleanup_of_an_unknown_step_and_a_cycle_through_a_cleanup():
+    with pytest.raises(PlanError, match="stop: 'nope' is not a step"):
+        plan("steps:\n  - {name: t, type: cleanup, stop: nope}\n")
+    with pytest.raises(PlanError, match="dependency cycle"):
+        plan("steps:\n  - {name: f, type: port-forward, ports: '1', depends_on: t}\n"
+             "  - {name: t, type: cleanup, stop: f}\n")
