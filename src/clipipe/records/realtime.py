@@ -470,7 +470,8 @@ def build(doc: Any, ctx: Context, source: Source, steps: list[Step], output: Out
                         f"{safe_url(cfg.redis_url)!r}", mark=at("redis_url"))
     if not output.acknowledges:
         raise SpecError(f"realtime: the {output.type_name} output only finishes at the end of a run, so "
-                        "no batch could be acknowledged (use stub or stdout)", mark=output.mark)
+                        "no batch could be acknowledged (use stub or stdout)",
+                        mark=mark_of(doc["output"].get("type"), output.mark))
     namespace = cfg.dedup_namespace or name
     return RealtimePipeline(name, ctx, source, steps, output, Realtime(cfg, ctx, ttl, namespace))
 

@@ -135,6 +135,7 @@ class KafkaSource(Source):
         self.commit_failures = 0
         self.rebalances = 0
         self.assigned: list[str] = []
+        self.last_lag: dict[str, int] = {}    #: lag per partition after the latest fetch
         self._next: dict[Any, int] = {}       #: partition -> next offset after what was yielded
         self._committed: dict[Any, int] = {}  #: partition -> offset last committed by us
 
@@ -200,6 +201,7 @@ class KafkaSource(Source):
                     wait = max(0.0, min(wait, self.idle_timeout - (time.monotonic() - last_message)))
                 got = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=want)
                 if not got:
+                    self.last_lag = self.lag()
                     if self.idle_timeout is not None and time.monotonic() - last_message >= self.idle_timeout:
                         return
                     continue
@@ -208,6 +210,7 @@ class KafkaSource(Source):
                     messages += await self._fill(consumer, want - len(messages))
                 last_message = time.monotonic()
                 batch = self._batch(messages)
+                self.last_lag = self.lag()
                 if batch is not None:
                     yield batch
         except KafkaError as exc:
@@ -301,12 +304,20 @@ class KafkaSource(Source):
             hw = consumer.highwater(tp)
             if hw is None:
                 continue
-            pos = self._next.get(tp, self._committed.get(tp, 0))
+            pos = self._next.get(tp)
+            if pos is None:  # nothing yielded from it yet: where the fetcher stands (private API)
+                try:
+                    st = consumer._subscription.subscription.assignment.state_value(tp)
+                    pos = st.position if st.has_valid_position else None
+                except (AttributeError, KeyError, TypeError, AssertionError):
+                    pos = None
+            if pos is None:
+                continue
             out[f"{tp.topic}/{tp.partition}"] = max(0, hw - pos)
         return out
 
     def stats(self) -> dict[str, Any]:
-        lag = self.lag()
+        lag = self.lag() if self.consumer is not None else self.last_lag
         return {"type": "kafka", "topics": list(self.config.topics), "group_id": self.config.group_id,
                 "messages": self.messages, "bytes": self.bytes, "tombstones": self.tombstones,
                 "commits": self.commits, "commit_failures": self.commit_failures,
