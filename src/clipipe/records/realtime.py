@@ -476,6 +476,29 @@ def build(doc: Any, ctx: Context, source: Source, steps: list[Step], output: Out
     return RealtimePipeline(name, ctx, source, steps, output, Realtime(cfg, ctx, ttl, namespace))
 
 
-def config_fields() -> list[str]:
-    """The keys a realtime: block accepts (for messages and docs)."""
-    return [f.name for f in dataclasses.fields(RealtimeConfig)]
+EXAMPLE = """type: realtime
+realtime:
+  id_field: event_id
+  event_type_field: event_type    # CREATE / UPDATE / DELETE
+  entity_field: entity_id
+  dedup_storage: redis            # memory | sqlite | redis
+  dedup_ttl: 24h
+  redis_url: redis://127.0.0.1:6379/0
+"""
+
+
+def explain() -> str:
+    """`clipipe explain realtime`: the realtime: block's fields, rendered like a component's."""
+    from clipipe.records.registry import _type_name, fields_of
+
+    lines = ["realtime: block of a type: realtime pipeline: dedup by id, upsert, commit after output",
+             "", "fields:"]
+    for f, tp in fields_of(RealtimeConfig):
+        if f.default is dataclasses.MISSING:
+            default = " (required)"
+        else:
+            default = f" (default: {f.default!r})"
+        lines.append(f"  {f.name}: {_type_name(tp)}{default}")
+        lines.append(f"      {f.metadata.get('description', '')}")
+    lines += ["", "example:", EXAMPLE.rstrip()]
+    return "\n".join(lines)

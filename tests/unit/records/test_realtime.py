@@ -211,3 +211,11 @@ def test_kafka_source_explains_itself() -> None:
     from clipipe.records import explain
     text = explain("source", "kafka")
     assert "group_id" in text and "start_offset" in text and "committed only after the output" in text
+
+
+def test_realtime_block_explains_itself_and_its_example_loads(tmp_path) -> None:
+    from clipipe.records import realtime
+    text = realtime.explain()
+    assert "id_field" in text and "dedup_storage" in text and "(required)" in text
+    pipe = load_text(realtime.EXAMPLE + FILE + OUT, tmp_path / "p.yaml")
+    assert pipe.realtime.cfg.dedup_storage == "redis" and pipe.realtime.ttl == 86400
