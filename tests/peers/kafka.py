@@ -296,8 +296,16 @@ class FreezeProxy:
                 raise TimeoutError(f"no request {api_key} held; held: {self.held_api_keys()}")
             time.sleep(0.02)
 
-    def thaw(self) -> None:
-        """Forward again, held bytes of live connections first."""
+    def thaw(self, drop_held: bool = False) -> None:
+        """Forward again: held bytes of live connections first, or (`drop_held`) never.
+
+        After killing the client, drop: the proxy may not have seen its connections close yet,
+        and forwarding what they held would deliver the very request the test meant to lose."""
+        with self.lock:
+            if drop_held:
+                for c in self.conns:
+                    c.held.clear()
+
         def go() -> None:
             with self.lock:
                 self.frozen = False
@@ -308,9 +316,13 @@ class FreezeProxy:
         self.loop.call_soon_threadsafe(go)
 
     def close(self) -> None:
-        """Stop the proxy thread."""
-        def go() -> None:
+        """Stop the proxy thread (its connections' tasks are cancelled first)."""
+        async def go() -> None:
             self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self.loop.stop()
-        self.loop.call_soon_threadsafe(go)
+        asyncio.run_coroutine_threadsafe(go(), self.loop)
         self.thread.join(5)

@@ -79,6 +79,20 @@ def get_path(record: Any, path: str) -> Any:
     return record
 
 
+def getter(path: str) -> Any:
+    """A fast function record -> value at `path` (a plain key skips the dotted walk)."""
+    if "." in path:
+        return lambda r: get_path(r, path)
+    return lambda r: r.get(path) if type(r) is dict else get_path(r, path)
+
+
+def _entity(value: Any) -> str | None:
+    """An entity id as text, or None when it can't be one (missing, empty, a container)."""
+    if value is None or value == "" or isinstance(value, (dict, list, bool)):
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
 def set_path(record: dict[str, Any], path: str, value: Any) -> None:
     """Set the value at a dotted path whose parents exist (the event type field)."""
     *parents, last = path.split(".")
@@ -123,7 +137,8 @@ class Admitted:
     """What a batch changes in the state once the output has acknowledged it."""
 
     ids: list[str]
-    entities: dict[str, str | None]  #: entity -> id of its last event (None: DELETE, forget it)
+    entities: dict[str, str | None]  #: entity -> id of the event that made it known (None: deleted)
+    known_before: dict[str, bool] = dataclasses.field(default_factory=dict)  #: as the store said
 
 
 class Realtime:
@@ -198,66 +213,74 @@ class Realtime:
         """Drop duplicates, convert upserts; returns the batch that goes on and what to record later."""
         cfg = self.cfg
         recs = batch.records()
-        ids: list[str] = []
+        typed = cfg.event_type_field is not None
+        id_of, ent_of = getter(cfg.id_field), getter(cfg.entity_field)
         rows: list[int] = []
+        ids: list[str] = []
+        ents: list[str | None] = []  #: entity per row (typed pipelines only)
         for i, r in enumerate(recs):
-            v = get_path(r, cfg.id_field)
-            if v is None or v == "" or isinstance(v, (dict, list, bool)):
-                self._fail(batch, i, f"no usable id in {cfg.id_field!r} (got {v!r})")
-                continue
-            ids.append(v if isinstance(v, str) else str(v))
+            v = id_of(r)
+            if type(v) is not str or not v:  # the common case (a non-empty string) costs one check
+                if v is None or v == "" or isinstance(v, (dict, list, bool)):
+                    self._fail(batch, i, f"no usable id in {cfg.id_field!r} (got {v!r})")
+                    continue
+                v = str(v)
             rows.append(i)
-        seen: dict[str, bool] = {}
-        if cfg.dedup and ids:
-            uniq = list(dict.fromkeys(ids))
-            seen = dict(zip(uniq, await self._call(self.store.contains_many, self.dedup_ns, uniq)))
-        keep: list[int] = []
-        keep_ids: list[str] = []
+            ids.append(v)
+            if typed:
+                e = ent_of(r)
+                ents.append(e if type(e) is str and e else _entity(e))
+        uniq = list(dict.fromkeys(ids)) if cfg.dedup else []
+        need = list(dict.fromkeys(e for e in ents if e is not None)) if typed and cfg.upsert else []
+        seen_vals, ent_vals = await self._call(self._lookup, uniq, need)  # one trip for both
+        seen = dict(zip(uniq, seen_vals))
+        known = {e: v is not None for e, v in zip(need, ent_vals)}
+        keep: list[tuple[int, str, str | None]] = []
         in_batch: set[str] = set()
-        for i, x in zip(rows, ids):
+        for k, (i, x) in enumerate(zip(rows, ids)):
             if cfg.dedup and (seen.get(x) or x in in_batch):
                 self.duplicates += 1
                 continue
             in_batch.add(x)
-            keep.append(i)
-            keep_ids.append(x)
+            keep.append((i, x, ents[k] if typed else None))
         entities: dict[str, str | None] = {}
-        if cfg.event_type_field is not None:
-            keep, keep_ids = await self._upsert(batch, recs, keep, keep_ids, entities)
+        if typed:
+            keep = self._upsert(batch, recs, keep, known, entities)
         if len(keep) != len(recs):
-            batch = batch.take(keep)
-        return batch, Admitted(keep_ids, entities)
+            batch = batch.take([i for i, _, _ in keep])
+        return batch, Admitted([x for _, x, _ in keep], entities, known)
 
-    async def _upsert(self, batch: Batch, recs: list[Any], keep: list[int], keep_ids: list[str],
-                      entities: dict[str, str | None]) -> tuple[list[int], list[str]]:
+    def _lookup(self, ids: list[str], entities: list[str]) -> tuple[list[bool], list[str | None]]:
+        """Which ids were seen, which entities are known (runs in the store thread)."""
+        store = self.store
+        return (store.contains_many(self.dedup_ns, ids) if ids else [],
+                store.get_many([self.entity_prefix + e for e in entities]) if entities else [])
+
+    def _upsert(self, batch: Batch, recs: list[Any], keep: list[tuple[int, str, str | None]],
+                known: dict[str, bool], entities: dict[str, str | None]) -> list[tuple[int, str, str | None]]:
         """Classify each kept event; UPDATE of an unknown entity -> CREATE (in place)."""
         cfg = self.cfg
         tf = cfg.event_type_field
         assert tf is not None
-        ok: list[tuple[int, str, str, str, Any]] = []  # (row, id, type, entity, raw type)
-        for i, x in zip(keep, keep_ids):
-            raw = get_path(recs[i], tf)
-            t = raw.upper() if isinstance(raw, str) else None
+        type_of = getter(tf)
+        out: list[tuple[int, str, str | None]] = []
+        changed = False
+        types = self.types
+        for row in keep:
+            i, x, e = row
+            rec = recs[i]
+            raw = type_of(rec)
+            t = raw if raw in EVENT_TYPES else (raw.upper() if isinstance(raw, str) else None)
             if t not in EVENT_TYPES:
                 self._fail(batch, i, f"event type {tf!r} is {raw!r}, expected CREATE, UPDATE or DELETE")
                 continue
-            e = get_path(recs[i], cfg.entity_field)
-            if e is None or e == "" or isinstance(e, (dict, list, bool)):
-                self._fail(batch, i, f"no usable entity id in {cfg.entity_field!r} (got {e!r})")
+            if e is None:
+                self._fail(batch, i, f"no usable entity id in {cfg.entity_field!r} "
+                                     f"(got {get_path(rec, cfg.entity_field)!r})")
                 continue
-            ok.append((i, x, t, e if isinstance(e, str) else str(e), raw))
-        known: dict[str, bool] = {}
-        if cfg.upsert:
-            need = list(dict.fromkeys(e for _, _, t, e, _ in ok))
-            if need:
-                vals = await self._call(self.store.get_many, [self.entity_prefix + e for e in need])
-                known = {e: v is not None for e, v in zip(need, vals)}
-        changed = False
-        for i, x, t, e, raw in ok:
             if t == "UPDATE" and cfg.upsert:
                 is_known = entities[e] is not None if e in entities else known.get(e, False)
                 if not is_known:
-                    rec = recs[i]
                     set_path(rec, tf, "CREATE" if raw.isupper() or not raw.islower() else "create")
                     m = dict(batch.meta_of(i))
                     m["realtime_upsert"] = True
@@ -268,25 +291,37 @@ class Realtime:
                     self.upserts += 1
                     changed = True
                     t = "CREATE"
-            self.types[t] += 1
-            entities[e] = None if t == "DELETE" else x
+            types[t] += 1
+            if t == "DELETE":
+                entities[e] = None
+            elif entities.get(e) is None:
+                entities[e] = x
+            out.append(row)
         if changed:
             batch.replace(recs)
-        return [i for i, *_ in ok], [x for _, x, *_ in ok]
+        return out
 
     async def acknowledge(self, admitted: Admitted) -> None:
         """The output has the batch: record its entities, then its ids (a crash between re-delivers)."""
+        await self._call(self._record, admitted)
+
+    def _record(self, admitted: Admitted) -> None:
+        """The writes of `acknowledge` (runs in the store thread)."""
+        store = self.store
         if admitted.entities and self.cfg.upsert:
-            known = {self.entity_prefix + e: v for e, v in admitted.entities.items() if v is not None}
-            gone = [self.entity_prefix + e for e, v in admitted.entities.items() if v is None]
+            # only changes are written: in a steady stream most events update known entities
+            before = admitted.known_before
+            known = {self.entity_prefix + e: v for e, v in admitted.entities.items()
+                     if v is not None and not before.get(e)}
+            gone = [self.entity_prefix + e for e, v in admitted.entities.items() if v is None and before.get(e)]
             if known:
-                await self._call(self.store.set_many, known)
+                store.set_many(known)
                 self.entities_set += len(known)
             if gone:
-                await self._call(self.store.delete_many, gone)
+                store.delete_many(gone)
                 self.entities_forgotten += len(gone)
         if admitted.ids and self.cfg.dedup:
-            await self._call(self.store.add_many, self.dedup_ns, admitted.ids, self.ttl)
+            store.add_many(self.dedup_ns, admitted.ids, self.ttl)
             self.ids_recorded += len(admitted.ids)
 
     def metrics(self) -> dict[str, Any]:

@@ -62,6 +62,10 @@ class KafkaConfig:
     max_poll_interval: str | float = option(
         "Longest time between two polls before the member is considered stuck.", "5m")
     request_timeout: str | float = option("Timeout of one broker request.", "40s")
+    fetch_max_wait: str | float = option(
+        "Longest time the broker may hold a fetch waiting for data. Kafka's 500 ms default stalls "
+        "the per-batch commits behind idle long-polls (measured with tansu: 5x slower), hence shorter.",
+        "50ms")
 
 
 def _seconds(value: Any, what: str, mark: Any, *, positive: bool = True) -> float:
@@ -127,6 +131,7 @@ class KafkaSource(Source):
                              int(_seconds(config.rebalance_timeout, "rebalance_timeout", mark) * 1000))
         self.poll_ms = int(_seconds(config.max_poll_interval, "max_poll_interval", mark) * 1000)
         self.request_ms = int(_seconds(config.request_timeout, "request_timeout", mark) * 1000)
+        self.fetch_wait_ms = max(1, int(_seconds(config.fetch_max_wait, "fetch_max_wait", mark) * 1000))
         self.consumer: Any = None
         self.messages = 0
         self.bytes = 0
@@ -152,7 +157,8 @@ class KafkaSource(Source):
             bootstrap_servers=list(cfg.brokers), group_id=cfg.group_id, client_id=cfg.client_id,
             enable_auto_commit=False, auto_offset_reset=cfg.start_offset,
             session_timeout_ms=self.session_ms, heartbeat_interval_ms=self.heartbeat_ms,
-            max_poll_interval_ms=self.poll_ms, request_timeout_ms=self.request_ms, **kw)
+            max_poll_interval_ms=self.poll_ms, request_timeout_ms=self.request_ms,
+            fetch_max_wait_ms=self.fetch_wait_ms, **kw)
         consumer.subscribe(topics=list(cfg.topics), listener=_listener(self))
         try:
             await consumer.start()
