@@ -453,6 +453,7 @@ def test_bad_messages(broker, clipipe, tmp_path, on_error) -> None:
     res, rec = run_json(clipipe, p)
     if on_error == "stop":
         assert res.code == 1 and "invalid JSON" in res.err and "Traceback" not in res.err
+        assert f"{topic}/0 offset 1" in res.err  # where to find the bad message
         assert [r["event_id"] for r in stub_records(res.err)] == ["e1"]
         assert committed(broker.url, group, topic, 1) == {0: 1}  # the good batch before, not the bad one
     else:
@@ -482,3 +483,24 @@ def test_unreachable_broker_is_one_error(clipipe, tmp_path) -> None:
     p = pipeline_file(tmp_path, f"127.0.0.1:{free_port()}", "t", "g", source="  request_timeout: 3s\n")
     res = clipipe("run", str(p), timeout=60)
     assert res.code == 1 and "can't reach the brokers" in res.err and "Traceback" not in res.err
+
+
+def test_lines_format_metadata_tombstones_max_messages(broker, clipipe, tmp_path) -> None:
+    """format: lines keeps each value as text; key/partition/offset reach mappings as metadata;
+    a tombstone is counted and skipped; max_messages ends the run and commits exactly that many."""
+    topic = new_topic(broker, 1)
+    produce(broker.url, topic, [("k1", "first line"), ("k2", None), ("k3", "third"), ("k4", "fourth")])
+    steps = ('{name: m, transform: "root = this\\nroot.event_id = meta(\\"kafka_key\\")\\n'
+             'root.where = meta(\\"kafka_partition\\").string() + \\":\\" + meta(\\"kafka_offset\\").string()"}')
+    text = (f"name: lines\ntype: realtime\nsource:\n  type: kafka\n  brokers: ['{broker.url}']\n"
+            f"  topics: [{topic}]\n  group_id: g-lines\n  format: lines\n  field: text\n  max_messages: 3\n"
+            f"{FAST_GROUP}realtime: {{id_field: text, dedup_storage: memory}}\n"
+            f"steps: [{steps}]\noutput: {{type: stdout}}\n")
+    p = tmp_path / "lines.yaml"
+    p.write_text(text)
+    res = clipipe("run", "-q", str(p), timeout=90)
+    assert res.code == 0, res
+    recs = [json.loads(x) for x in res.out.splitlines()]
+    assert recs == [{"text": "first line", "event_id": "k1", "where": "0:0"},
+                    {"text": "third", "event_id": "k3", "where": "0:2"}]
+    assert committed(broker.url, "g-lines", topic, 1) == {0: 3}

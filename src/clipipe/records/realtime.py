@@ -461,7 +461,7 @@ class RealtimePipeline(RecordPipeline):
                 counts[0] += len(batch)
                 if not batch.has_records:
                     def on_bad(i: int, why: str, b: Batch = batch) -> None:
-                        run.record_error("source", b.index[i], why, src_on_error)
+                        run.record_error("source", b.index[i], why + _where(b.meta_of(i)), src_on_error)
                     batch.records(on_bad)
                 batch, admitted = await rt.admit(batch)
                 if len(batch):
@@ -478,6 +478,13 @@ class RealtimePipeline(RecordPipeline):
         finally:
             await gen.aclose()
             await self.source.aclose()
+
+
+def _where(meta: dict[str, Any]) -> str:
+    """` (topic/partition offset N)` for a Kafka record, so a bad message can be found."""
+    if "kafka_offset" not in meta:
+        return ""
+    return f" (at {meta['kafka_topic']}/{meta['kafka_partition']} offset {meta['kafka_offset']})"
 
 
 def build(doc: Any, ctx: Context, source: Source, steps: list[Step], output: Output,
