@@ -88,6 +88,11 @@ def explain(component: str | None) -> int:
             click.echo(f"{kind}s:")
             for name, cls in sorted(comps.items()):
                 click.echo(f"  {name:<12} {cls.summary}")
+        click.echo("blocks:\n  realtime     The realtime: block (dedup, upsert) of a type: realtime pipeline.")
+        return 0
+    if component == "realtime":
+        from clipipe.records import realtime
+        click.echo(realtime.explain())
         return 0
     kind, _, name = component.rpartition("/")
     matches = [k for k in table if name in table[k] and (not kind or k == kind)]

@@ -348,7 +348,7 @@ def _run_records(doc: Any, path: str, extra: list[str], opts: RunOptions, as_jso
     try:
         metrics = asyncio.run(pipeline.run(store=store, op_id=op_id, stdout=sys.stderr if as_json else sys.stdout,
                                            stderr=sys.stderr, quiet=opts.quiet))
-        status = "ok"
+        status = metrics.get("status", "ok")  # realtime: "cancelled" after SIGINT, "stopped" after SIGTERM
     except ClipipeError as exc:
         error = str(exc)
         raise
@@ -359,6 +359,7 @@ def _run_records(doc: Any, path: str, extra: list[str], opts: RunOptions, as_jso
         from clipipe.engine.record import iso, ms
 
         ended = time.time()
+        metrics = metrics or getattr(pipeline, "metrics", None) or {}  # a failed run's figures too
         record = {"id": op_id, "type": "records", "pipeline": pipeline.name, "file": path, "status": status,
                   "started": iso(started), "ended": iso(ended), "started_ts": started,
                   "duration_ms": ms(ended - started), "params": params_mod.masked(shell, values),
@@ -368,7 +369,7 @@ def _run_records(doc: Any, path: str, extra: list[str], opts: RunOptions, as_jso
         store.save_op(record)
     if as_json:
         click.echo(json.dumps(record, indent=2, default=str))
-    return 0
+    return 130 if status == "cancelled" else 0
 
 
 @dataclass

@@ -193,6 +193,7 @@ class Source:
     summary: ClassVar[str] = ""
     examples: ClassVar[list[str]] = []
     deferred_vars: ClassVar[tuple[str, ...]] = ()
+    modes: ClassVar[tuple[str, ...]] = ("batch", "realtime")  #: the pipeline types it can feed
 
     def __init__(self, config: Any, ctx: Context, mark: Mark | None) -> None:
         self.config = config
@@ -253,6 +254,9 @@ class Output:
     type_name: ClassVar[str]
     summary: ClassVar[str] = ""
     examples: ClassVar[list[str]] = []
+    #: True if `write` + `flush` deliver a batch for good (realtime mode commits after that);
+    #: False for outputs that only finish at `close` (a file renamed at the end)
+    acknowledges: ClassVar[bool] = False
 
     def __init__(self, config: Any, ctx: Context, mark: Mark | None) -> None:
         self.config = config
@@ -266,6 +270,9 @@ class Output:
     async def write(self, batch: Batch) -> None:
         """Deliver a batch; raise RecordError on failure."""
         raise NotImplementedError
+
+    async def flush(self) -> None:
+        """Deliver everything written so far (realtime mode acknowledges a batch after this)."""
 
     async def close(self) -> None:
         """Finish: everything written is now visible and complete."""

@@ -7,9 +7,9 @@ between its driver thread and the loop). When the output has closed successfully
 commits its position (incremental SQL); a failure aborts the output (no partial file is left
 looking complete) and commits nothing.
 
-Realtime mode is refused for now; it slots in as another `Mode`: dedup and upsert become steps fed
-by the state store, and `commit` moves from end-of-run to after each acknowledged batch (Kafka
-offsets), which is why sources, steps and outputs already talk in batches with an explicit commit.
+Realtime mode (`type: realtime`, records/realtime.py) runs the same components in a loop of its own:
+dedup and upsert before the steps, and `commit` after each acknowledged batch (Kafka offsets) instead
+of at the end of the run.
 """
 from __future__ import annotations
 
@@ -77,16 +77,14 @@ def load(doc: Any, *, path: str, params: dict[str, Any], source_text: str | None
     if not isinstance(doc, dict):
         raise SpecError("a record pipeline must be a mapping", mark=mark_of(doc, file_mark))
     kind = doc.get("type", "batch")
-    if kind == "realtime":
-        raise SpecError("realtime pipelines are not supported yet (only type: batch)",
-                        mark=mark_of(kind, _key_mark(doc, "type")))
-    if kind != "batch":
+    if kind not in ("batch", "realtime"):
         raise SpecError(f"type must be batch or realtime, got {kind!r}", mark=mark_of(kind, _key_mark(doc, "type")))
+    known_keys = TOP_KEYS | ({"realtime"} if kind == "realtime" else set())
     for k in doc:
-        if k not in TOP_KEYS:
-            hint = " (realtime settings need type: realtime, not supported yet)" if k == "realtime" else ""
+        if k not in known_keys:
+            hint = " (realtime settings need type: realtime)" if k == "realtime" else ""
             raise SpecError(f"unknown key {k!r} in a record pipeline{hint} (known: "
-                            f"{', '.join(sorted(TOP_KEYS))})", mark=_key_mark(doc, k))
+                            f"{', '.join(sorted(known_keys))})", mark=_key_mark(doc, k))
     for k in ("source", "output"):
         if k not in doc:
             raise SpecError(f"a record pipeline needs {k}:", mark=mark_of(doc, file_mark))
@@ -99,6 +97,9 @@ def load(doc: Any, *, path: str, params: dict[str, Any], source_text: str | None
     src_raw = doc["source"]
     src_type = src_raw.get("type") if isinstance(src_raw, dict) else None
     src_cls = lookup("source", src_type, mark_of(src_type, mark_of(src_raw, file_mark)))
+    if kind not in getattr(src_cls, "modes", ("batch", "realtime")):
+        raise SpecError(f"a {src_type} source needs type: realtime (it runs until stopped and commits "
+                        "as it goes)", mark=mark_of(src_type, mark_of(src_raw, file_mark)))
     deferred = src_cls.deferred(src_raw) if hasattr(src_cls, "deferred") else ()
     doc = interpolate_doc(doc, env=env, params=params, deferred=deferred, skip_keys=("params",))
 
@@ -125,6 +126,9 @@ def load(doc: Any, *, path: str, params: dict[str, Any], source_text: str | None
     out_cls = lookup("output", out_type, mark_of(out_type, mark_of(out_doc, file_mark)))
     output = out_cls(parse_config(out_cls.Config, out_doc, mark_of(out_doc), f"output ({out_type})",
                                   ignore=("type",)), ctx, mark_of(out_doc))
+    if kind == "realtime":
+        from clipipe.records import realtime
+        return realtime.build(doc, ctx, source, steps, output, name, file_mark)
     return RecordPipeline(name, ctx, source, steps, output)
 
 

@@ -5,11 +5,15 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from clipipe.errors import UserError
 from clipipe.state.store import state_dir
+
+#: ids per `IN (...)` query: well under SQLite's 32766 host-parameter limit
+_CHUNK = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ops (
@@ -71,6 +75,71 @@ class SQLiteStore:
                              (namespace, item, now + ttl))
             if int(now) % 64 == 0:  # cheap, occasional purge instead of a background job
                 self._db.execute("DELETE FROM ttl WHERE expires < ?", (now,))
+
+    # -- bulk forms (realtime dedup and entities: one transaction per batch) ---------------------
+    def contains_many(self, namespace: str, items: Sequence[str]) -> list[bool]:
+        """For each item: is it in `namespace` and not expired?"""
+        now = time.time()
+        found: set[str] = set()
+        with self._lock:
+            for i in range(0, len(items), _CHUNK):
+                part = list(items[i:i + _CHUNK])
+                rows = self._db.execute(
+                    f"SELECT item FROM ttl WHERE ns=? AND expires>? AND item IN ({','.join('?' * len(part))})",
+                    (namespace, now, *part)).fetchall()
+                found.update(r[0] for r in rows)
+        return [x in found for x in items]
+
+    def add_many(self, namespace: str, items: Iterable[str], ttl: float) -> None:
+        """Remember every item for `ttl` seconds, in one transaction (one fsync, not one per id)."""
+        now = time.time()
+        rows = [(namespace, x, now + ttl) for x in items]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO ttl(ns, item, expires) VALUES (?,?,?)", rows)
+                if int(now) % 64 == 0:  # the same occasional purge as add()
+                    self._db.execute("DELETE FROM ttl WHERE expires < ?", (now,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """The values of `keys` in order (None where missing)."""
+        found: dict[str, str] = {}
+        with self._lock:
+            for i in range(0, len(keys), _CHUNK):
+                part = list(keys[i:i + _CHUNK])
+                rows = self._db.execute(f"SELECT key, value FROM kv WHERE key IN ({','.join('?' * len(part))})",
+                                        part).fetchall()
+                found.update((r[0], r[1]) for r in rows)
+        return [found.get(k) for k in keys]
+
+    def set_many(self, items: dict[str, str]) -> None:
+        """Store every pair in one transaction."""
+        self._write_many("INSERT OR REPLACE INTO kv(key, value, updated) VALUES (?,?,?)",
+                         [(k, v, time.time()) for k, v in items.items()])
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Forget every key, in one transaction."""
+        self._write_many("DELETE FROM kv WHERE key=?", [(k,) for k in keys])
+
+    def _write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def describe(self) -> str:
+        """What this store is, for messages and metrics."""
+        return f"sqlite {self.path}"
 
     # -- operation records -----------------------------------------------------------------------
     def save_op(self, record: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 
@@ -42,6 +43,29 @@ class TTLSet(Protocol):
 
     def add(self, namespace: str, item: str, ttl: float) -> None:
         """Remember `item` in `namespace` for `ttl` seconds."""
+
+
+class BulkTTLSet(TTLSet, Protocol):
+    """A TTLSet that answers and records a whole batch per call (realtime dedup: one round trip)."""
+
+    def contains_many(self, namespace: str, items: Sequence[str]) -> list[bool]:
+        """For each item, in order: was it added to `namespace` and not expired?"""
+
+    def add_many(self, namespace: str, items: Iterable[str], ttl: float) -> None:
+        """Remember every item in `namespace` for `ttl` seconds."""
+
+
+class BulkKeyValueStore(KeyValueStore, Protocol):
+    """A KeyValueStore that reads and writes many keys per call (realtime known entities)."""
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """The values of `keys` in order (None where missing)."""
+
+    def set_many(self, items: dict[str, str]) -> None:
+        """Store every key/value pair."""
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Forget every key."""
 
 
 class OpStore(Protocol):

@@ -19,6 +19,7 @@ class StdoutOutput(Output):
 
     summary = "Print records as NDJSON on standard output."
     Config = StdoutConfig
+    acknowledges = True
     examples = ["""output:
   type: stdout
 """]
@@ -39,6 +40,11 @@ class StdoutOutput(Output):
         self.batches += 1
         if self.config.flush_every and self.batches % self.config.flush_every == 0:
             out.flush()
+
+    async def flush(self) -> None:
+        """Flush stdout (realtime mode: the batch is delivered once this returns)."""
+        assert self.ctx.stdout is not None  # set by RecordPipeline.run
+        self.ctx.stdout.flush()
 
     async def close(self) -> None:
         assert self.ctx.stdout is not None  # set by RecordPipeline.run

@@ -53,6 +53,7 @@ class StubOutput(Output):
 
     summary = "Log each record and the run's metrics; optionally POST batches to a callback URL."
     Config = StubConfig
+    acknowledges = True
     examples = [
         """output:
   type: stub
@@ -143,6 +144,14 @@ class StubOutput(Output):
                                       f"{resp.text[:200]}")
             await asyncio.sleep(min(10.0, 0.2 * 2 ** attempt))
 
+    async def flush(self) -> None:
+        """Post the records still pending and flush the log: the batch is then delivered."""
+        if self.client is not None and self.pending:
+            chunk, self.pending = self.pending, []
+            await self._post(chunk)
+        if self.ctx.stdout is not None:
+            self.ctx.stdout.flush()
+
     async def close(self) -> None:
         try:
             if self.client is not None and self.pending:
@@ -182,6 +191,12 @@ class StubOutput(Output):
         for s in metrics["steps"]:
             for k in ("records_in", "records_out", "dropped", "errors"):
                 flat[f"{p}.step.{s['name']}.{k}"] = s[k]
+        rt = metrics.get("realtime")
+        if rt:  # realtime mode: dedup, upsert, commits, lag
+            for k in ("duplicates_skipped", "upserts_converted", "batches", "commits", "lag"):
+                flat[f"{p}.realtime.{k}"] = rt.get(k)
+            for t, n in rt.get("types", {}).items():
+                flat[f"{p}.realtime.type.{t}"] = n
         err = self.ctx.stderr
         if self.config.log_format == "json":
             err.write(dumps({"level": "info", "msg": "metrics", "pipeline": self.ctx.pipeline,
