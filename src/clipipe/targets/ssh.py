@@ -189,8 +189,7 @@ class _SSHCore:
             early = preconnect.take(self.host, self.port) if tunnel is None else None
             with self.map_connect_errors():
                 if early is not None:       # a TCP connect started before asyncssh was imported
-                    opts["sock"] = await asyncio.wait_for(asyncio.wrap_future(early),
-                                                          self.settings.connect_timeout + 1)
+                    opts["sock"] = await early.connected()
                 self.conn = await asyncio.wait_for(asyncssh.connect(self.host, **opts),
                                                    self.settings.connect_timeout + 1)
             self.info.connect_seconds = time.monotonic() - t0

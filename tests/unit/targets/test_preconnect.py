@@ -55,9 +55,10 @@ def test_start_connects_and_take_hands_the_socket_over_once() -> None:
     try:
         settings = [SSHSettings(host="127.0.0.1", port=port, ssh_config=None)] * 2
         assert preconnect.start(settings) == 1            # one per host:port
-        fut = preconnect.take("127.0.0.1", port)
-        assert fut is not None
-        sock = fut.result(timeout=5)
+        early = preconnect.take("127.0.0.1", port)
+        assert early is not None
+        sock = asyncio.run(early.connected())
+        sock.setblocking(True)
         conn, _ = srv.accept()
         sock.sendall(b"x")
         assert conn.recv(1) == b"x"
@@ -98,6 +99,21 @@ def test_a_refused_preconnect_is_the_targets_refused_connect() -> None:
     with pytest.raises(UnreachableError, match="connection refused"):
         asyncio.run(connect())
     assert preconnect.take("127.0.0.1", port) is None     # consumed by the failed connect
+
+
+def test_a_host_name_is_resolved_in_the_background_and_an_unknown_one_fails_at_connect() -> None:
+    srv, port = listener()
+    try:
+        assert preconnect.start([SSHSettings(host="localhost", port=port, ssh_config=None),
+                                 SSHSettings(host="no-such-host.invalid", port=22, ssh_config=None)]) == 2
+        sock = asyncio.run(preconnect.take("localhost", port).connected())     # type: ignore[union-attr]
+        conn, _ = srv.accept()
+        conn.close()
+        sock.close()
+        with pytest.raises(socket.gaierror):
+            asyncio.run(preconnect.take("no-such-host.invalid", 22).connected())  # type: ignore[union-attr]
+    finally:
+        srv.close()
 
 
 def test_start_is_thread_safe_per_key() -> None:
