@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from clipipe import fastpipe
+from clipipe.aiopipe import read_chunks
 from clipipe.engine.wiring import close_fd, run_in_thread
 from clipipe.errors import ClipipeError, TargetError, TransferError, UserError, did_you_mean
 from clipipe.targets.base import ProcSpec, SegmentIO, Target
@@ -123,26 +124,15 @@ class Job:
 
 # ------------------------------------------------------------------------------------------ commands
 async def _read_pipe(fd: int, limit: int) -> bytes:
-    loop = asyncio.get_running_loop()
-    os.set_blocking(fd, False)
+    """Everything a pipe delivers until EOF (at most `limit` bytes kept); the fd is closed."""
     out = bytearray()
-    ready = asyncio.Event()
-    loop.add_reader(fd, ready.set)
     try:
-        while True:
-            await ready.wait()
-            ready.clear()
-            try:
-                chunk = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                return bytes(out)
+        async for chunk in read_chunks(fd):
             if len(out) < limit:
                 out += chunk[: limit - len(out)]
     finally:
-        loop.remove_reader(fd)
         os.close(fd)
+    return bytes(out)
 
 
 async def capture(target: Target, command: str, limit: int = CAPTURE_LIMIT) -> tuple[int | None, str, str]:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from clipipe.aiopipe import read_chunks
 from clipipe.targets.base import ProcOutcome, ProcSpec
 
 #: Seconds between watchdog checks of the script's parent: how long a remote orphan can outlive its
@@ -382,20 +383,5 @@ async def _quietly(aw: object) -> None:
 
 async def _pump_stderr(fd: int, parser: StatusParser, router: StderrRouter) -> None:
     """Read stderr from a pipe until EOF without blocking the loop; route output, parse markers."""
-    loop = asyncio.get_running_loop()
-    os.set_blocking(fd, False)
-    ready = asyncio.Event()
-    loop.add_reader(fd, ready.set)
-    try:
-        while True:
-            await ready.wait()
-            ready.clear()
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
-            if not data:
-                return
-            router.write(parser.feed(data))
-    finally:
-        loop.remove_reader(fd)
+    async for data in read_chunks(fd):
+        router.write(parser.feed(data))
