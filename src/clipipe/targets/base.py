@@ -80,6 +80,14 @@ class StreamStats:
     path: str = "local"                #: "local" (kernel pipe), "agent" (frames) or "openssh-mux" ...
 
 
+def tally(totals: dict[str, dict[str, int]], stats: StreamStats) -> None:
+    """Add one segment's figures to per-path totals (segments, bytes_in, bytes_out) for describe()."""
+    tot = totals.setdefault(stats.path, {"segments": 0, "bytes_in": 0, "bytes_out": 0})
+    tot["segments"] += 1
+    tot["bytes_in"] += stats.bytes_in
+    tot["bytes_out"] += stats.bytes_out
+
+
 @runtime_checkable
 class Target(Protocol):
     """A place where segments run. One instance per context per run, reused by every step."""

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from clipipe.errors import TargetError
 from clipipe.targets.agent import STDERR_TAIL, AgentTarget, Closer
-from clipipe.targets.base import ConnectInfo, ProcOutcome, ProcSpec, SegmentIO, StreamStats, register
+from clipipe.targets.base import ConnectInfo, ProcOutcome, ProcSpec, SegmentIO, StreamStats, register, tally
 from clipipe.targets.kubeclient import KubeAPI, PodRef, call_blocking, load_api, resolve_pod
 from clipipe.targets.kubeexec import V4, V5, ExecStream
 from clipipe.targets.sshmux import StatusParser, StderrRouter, new_nonce, proc_line
@@ -344,10 +344,7 @@ class KubernetesTarget(AgentTarget):
 
     def _record(self, stats: StreamStats) -> None:
         self.last_stats = stats
-        tot = self.path_totals.setdefault(stats.path, {"segments": 0, "bytes_in": 0, "bytes_out": 0})
-        tot["segments"] += 1
-        tot["bytes_in"] += stats.bytes_in
-        tot["bytes_out"] += stats.bytes_out
+        tally(self.path_totals, stats)
 
     async def close(self) -> None:
         """Stop the agent (it kills what it started) and close the exec."""

@@ -40,6 +40,7 @@ from clipipe.targets.base import (
     SegmentIO,
     StreamStats,
     register,
+    tally,
 )
 from clipipe.targets.sshmux import (
     FAST_CIPHER,
@@ -371,10 +372,7 @@ class _SSHCore:
     # ------------------------------------------------------------------ records
     def _record(self, stats: StreamStats) -> None:
         self.stream_stats.append(stats)
-        tot = self.path_totals.setdefault(stats.path, {"segments": 0, "bytes_in": 0, "bytes_out": 0})
-        tot["segments"] += 1
-        tot["bytes_in"] += stats.bytes_in
-        tot["bytes_out"] += stats.bytes_out
+        tally(self.path_totals, stats)
 
     def warn_fallback(self, reason: str) -> None:
         """Say once that this target runs without the agent."""
