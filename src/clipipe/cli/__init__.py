@@ -22,6 +22,7 @@ _COMMANDS = {
     "ops": ("clipipe.cli.ops", "ops"),
     "context": ("clipipe.cli.context", "context"),
     "transfer": ("clipipe.cli.transfer", "transfer"),
+    "test": ("clipipe.cli.testcmd", "test"),
 }
 
 

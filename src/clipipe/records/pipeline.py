@@ -24,7 +24,8 @@ from clipipe.records.registry import components, lookup, parse_config
 from clipipe.spec.yamlmarks import mark_of
 
 #: keys a record pipeline file may have at its top level
-TOP_KEYS = {"name", "description", "version", "params", "type", "source", "steps", "output", "on_error"}
+TOP_KEYS = {"name", "description", "version", "params", "type", "source", "steps", "output", "on_error",
+            "tests"}  # tests: fixture cases for `clipipe test` (ignored by `clipipe run`)
 STEP_KEYS = {"name", "type", "on_error"}
 ON_ERROR = ("stop", "skip")
 #: failed records printed to stderr; the rest are only counted (all are counted in the metrics)
