@@ -38,6 +38,9 @@ class StepClass(ComponentClass, Protocol):
 
 
 _REGISTRY: dict[str, dict[str, ComponentClass]] = {k: {} for k in KINDS}
+#: a Config field type: a list of record steps kept as written (marks and all), for components that
+#: build steps of their own with the pipeline's step builder (the `route` step's handlers)
+StepList = typing.NewType("StepList", list)
 T = TypeVar("T")
 REQUIRED: Any = dataclasses.MISSING
 
@@ -99,6 +102,8 @@ def components(kind: str) -> dict[str, Any]:  # the overloads above give the pre
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if tp is StepList:
+        return "a list of steps"
     if tp is Any:
         return "any value"
     if origin is Literal:
@@ -135,6 +140,10 @@ def convert(tp: Any, value: Any, mark: Mark | None, where: str) -> Any:
     """Check `value` against the annotation `tp` and return it as plain Python values."""
     m = mark_of(value, mark)
     origin = typing.get_origin(tp)
+    if tp is StepList:
+        if not isinstance(value, list):
+            raise SpecError(f"{where}: expected a list of steps, got {_describe(value)}", mark=m)
+        return value
     if tp is Any:
         return _plain(value)
     if origin in (Union, types.UnionType):

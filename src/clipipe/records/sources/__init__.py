@@ -1,2 +1,2 @@
 """Record sources; importing this package registers them."""
-from clipipe.records.sources import file, http, sql  # noqa: F401
+from clipipe.records.sources import command, file, http, sql  # noqa: F401
