@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, AsyncGenerator, Literal
 
-from clipipe.errors import ClipipeError, RecordError, SpecError, TargetError
+from clipipe.errors import RecordError, SpecError, TargetError, UserError
 from clipipe.records.buffer import MessageBuffer
 from clipipe.records.core import Batch, Source
 from clipipe.records.jsonstream import ParseError, StreamParser
@@ -138,17 +138,7 @@ class CommandSource(Source):
         self.max_bytes = parse_size(b.max_bytes, mark, f"{where}: buffer.max_bytes")
         self.slow_after = parse_duration(b.slow_consumer_after, mark, f"{where}: buffer.slow_consumer_after")
         self.progress_s = parse_duration(config.progress, mark, f"{where}: progress")
-        if config.context not in (None, "local"):
-            self._check_context(config.context, mark)
         self._reset()
-
-    def _check_context(self, name: str, mark: Any) -> None:
-        from clipipe.engine.operation import TargetPool
-
-        try:
-            TargetPool(None).check(name)
-        except ClipipeError as exc:
-            raise SpecError(f"command source: {exc}", mark=mark) from None
 
     def _reset(self) -> None:
         self.parser = StreamParser(self.max_message)
@@ -217,11 +207,13 @@ class CommandSource(Source):
             return LocalTarget("local")
         from clipipe.engine.operation import TargetPool
 
-        self._pool = TargetPool(None)
+        self._pool = TargetPool(None)  # contexts.yaml found the usual way ($CLIPIPE_CONTEXTS, ./, ...)
         try:
+            self._pool.check(name)
             return await self._pool.get(name)
-        except TargetError as exc:
-            raise RecordError(f"command source: context {name!r}: {exc}", hint=exc.hint) from exc
+        except (TargetError, UserError) as exc:
+            raise RecordError(f"command source: context {name!r}: {exc}", hint=exc.hint,
+                              mark=self.mark) from exc
 
     def _spawn(self, fn: Any, fd: int) -> None:
         t = threading.Thread(target=fn, args=(fd,), name=f"clipipe-command-{fn.__name__}", daemon=True)
