@@ -20,6 +20,7 @@ import asyncio
 import fcntl
 import os
 import shlex
+import signal
 import threading
 import time
 from collections import deque
@@ -314,9 +315,11 @@ class CommandSource(Source):
         if o.error:
             why = o.error
         elif o.signal:
-            why = f"was killed by signal {o.signal}"
+            why = f"was killed by {_signame(o.signal)}"
         else:
             why = f"exited with status {o.exit_code}"
+            if o.exit_code > 128:  # a shell's way of saying its command died of signal N
+                why += f" (killed by {_signame(o.exit_code - 128)})"
         tail = self._stderr_text()
         raise RecordError(f"command source: the command {why} after {self.parser.messages} messages"
                           + (f"; its stderr ended with:\n{tail}" if tail else " (no stderr)"),
@@ -402,3 +405,10 @@ class CommandSource(Source):
         if o is not None:
             out["exit_code"], out["signal"] = o.exit_code, o.signal
         return out
+
+
+def _signame(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
