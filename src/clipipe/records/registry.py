@@ -246,12 +246,22 @@ def explain(kind: str, name: str) -> str:
     """A plain-text description of a component: summary, fields, examples."""
     cls = lookup(kind, name, None)
     lines = [f"{kind} {name}: {cls.summary}", "", "fields:"]
-    for f, tp in fields_of(cls.Config):
-        default = "" if f.default is dataclasses.MISSING else f" (default: {f.default!r})"
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-            default = " (required)"
-        lines.append(f"  {f.name}: {_type_name(tp)}{default}")
-        lines.append(f"      {f.metadata.get('description', '')}")
+    _explain_fields(cls.Config, lines, "  ")
     for ex in getattr(cls, "examples", []):
         lines += ["", "example:", ex.rstrip()]
     return "\n".join(lines)
+
+
+def _explain_fields(config: type, lines: list[str], indent: str) -> None:
+    """One entry per field; a nested Config (a mapping of its own fields) is listed under its field."""
+    for f, tp in fields_of(config):
+        default = "" if f.default is dataclasses.MISSING else f" (default: {f.default!r})"
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            default = " (required)"
+        lines.append(f"{indent}{f.name}: {_type_name(tp)}{default}")
+        lines.append(f"{indent}    {f.metadata.get('description', '')}")
+        inner = [a for a in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)]
+        if typing.get_origin(tp) is list:
+            inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        for sub in inner:
+            _explain_fields(typing.cast("type[Any]", sub), lines, indent + "    ")

@@ -76,7 +76,8 @@ class CommandConfig:
                                           "8MiB")
     batch_size: int = option("Most messages handed to the steps at once.", 1000)
     env: dict[str, str] = option("Extra environment variables for the command.", factory=dict)
-    cwd: str | None = option("Working directory of the command.", None)
+    cwd: str | None = option("Working directory of the command; relative paths and the default are the "
+                             "pipeline file's directory (on a remote context: the login directory).", None)
     stderr: Literal["tail", "show"] = option(
         "tail: keep the end of its stderr for the error message; show: also copy it to clipipe's "
         "stderr as it comes.", "tail")
@@ -196,9 +197,20 @@ class CommandSource(Source):
         except BaseException:
             io.close()
             raise
-        spec = ProcSpec(name="command", command=self.cmdline, env=dict(cfg.env), cwd=cfg.cwd)
+        spec = ProcSpec(name="command", command=self.cmdline, env=dict(cfg.env), cwd=self._cwd())
         self.started = time.monotonic()
         self._task = asyncio.ensure_future(self._target.run_segment([spec], io))
+
+    def _cwd(self) -> str | None:
+        """Like the file source's paths: relative to the pipeline file (locally)."""
+        cwd = self.config.cwd
+        if self.config.context not in (None, "local"):
+            return cwd
+        base = os.path.dirname(os.path.abspath(self.ctx.path)) if self.ctx.path else None
+        if cwd is None:
+            return base
+        cwd = os.path.expanduser(cwd)
+        return os.path.join(base, cwd) if base and not os.path.isabs(cwd) else cwd
 
     async def _open_target(self) -> Any:
         name = self.config.context
