@@ -92,7 +92,7 @@ def main() -> int:
         with open(a.stats, "w") as f:
             json.dump({"stalls": out.stalls, "written": out.written, "count": a.count}, f)
     if a.die_mid_object:
-        out.write(b'{"seq": -1, "type": "text", "text": "cut sh')
+        out.write(b'{"seq": -1, "type": "text", "input": {"n": 1')
         sys.stderr.write("producer: dying mid-object\n")
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)

@@ -289,6 +289,7 @@ def _run_records(doc: Any, path: str, extra: list[str], opts: RunOptions, as_jso
     given = split_param_args(extra, shell)
     values = params_mod.resolve(shell, given, params_mod.builtins(shell.name, op_id))
     pipeline = records.load(doc, path=path, params=values)
+    pipeline.ctx.extra["contexts_path"] = opts.contexts_path  # for sources that run on a context
     store = open_store()
     started = time.time()
     status, metrics, error = "failed", {}, None
@@ -308,6 +309,7 @@ def _run_records(doc: Any, path: str, extra: list[str], opts: RunOptions, as_jso
         from clipipe.engine.record import iso, ms
 
         ended = time.time()
+        metrics = metrics or getattr(pipeline, "metrics", {})  # a failed run keeps its figures too
         record = {"id": op_id, "type": "records", "pipeline": pipeline.name, "file": path, "status": status,
                   "started": iso(started), "ended": iso(ended), "started_ts": started,
                   "duration_ms": ms(ended - started), "params": params_mod.masked(shell, values),

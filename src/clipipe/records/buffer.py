@@ -219,6 +219,7 @@ class MessageBuffer:
         return True
 
     def _wait_for_room(self) -> None:
+        self._wake()  # what is in already must reach the consumer, or nobody makes room
         m = self.metrics
         m.backpressure_events += 1
         t0 = self.clock()

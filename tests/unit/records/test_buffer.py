@@ -159,6 +159,22 @@ def test_async_get_waits_for_the_producer_and_ends_on_close() -> None:
     assert asyncio.run(main()) == list(range(50))
 
 
+def test_async_get_with_a_producer_blocked_mid_run() -> None:
+    buf = MessageBuffer(4, "block")
+
+    async def main() -> list:
+        th = threading.Thread(target=lambda: (put_runs(buf, 0, 30, 10), buf.close()))
+        th.start()  # each run of 10 can't fit: the producer blocks with part of it in
+        got = []
+        while (t := await buf.get(3)) is not None:
+            got += t.values
+        th.join()
+        return got
+
+    assert asyncio.run(main()) == list(range(30))
+    assert buf.metrics.backpressure_events >= 1
+
+
 def test_get_timeout_returns_empty() -> None:
     buf = MessageBuffer(10)
     t = asyncio.run(buf.get(10, timeout=0.01))

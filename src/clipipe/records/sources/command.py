@@ -220,7 +220,8 @@ class CommandSource(Source):
             return LocalTarget("local")
         from clipipe.engine.operation import TargetPool
 
-        self._pool = TargetPool(None)  # contexts.yaml found the usual way ($CLIPIPE_CONTEXTS, ./, ...)
+        # --contexts, else contexts.yaml found the usual way ($CLIPIPE_CONTEXTS, ./, ...)
+        self._pool = TargetPool(self.ctx.extra.get("contexts_path"))
         try:
             self._pool.check(name)
             return await self._pool.get(name)
