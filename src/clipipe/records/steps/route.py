@@ -156,7 +156,7 @@ class RouteStep(Step):
         self._routes = sorted(routes, key=lambda r: (-r.spec.priority, r.order))
         for rank, r in enumerate(self._routes):
             r.rank = rank
-        self._cache: dict[Any, _Route | None] = {}
+        self._cache: dict[Any, int] = {}  # field value -> rank of its route (len(routes): none)
         workers = config.workers or min(8, len(routes))
         self._pool = (concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=f"clipipe-route-{name}")
                       if config.mode == "concurrent" else None)
@@ -190,15 +190,15 @@ class RouteStep(Step):
         if type(v) is bool:  # True == 1 as dict keys: don't let the cache confuse them
             return self._find(v)
         try:
-            return self._cache[v]
+            rank = self._cache[v]
         except KeyError:
-            pass
+            r = self._find(v)
+            if len(self._cache) < _CACHE_MAX:
+                self._cache[v] = len(self._routes) if r is None else r.rank
+            return r
         except TypeError:  # an unhashable value (a list or an object): look it up every time
             return self._find(v)
-        r = self._find(v)
-        if len(self._cache) < _CACHE_MAX:
-            self._cache[v] = r
-        return r
+        return self._routes[rank] if rank < len(self._routes) else None
 
     def _find(self, v: Any) -> _Route | None:
         for r in self._routes:
@@ -206,17 +206,30 @@ class RouteStep(Step):
                 return r
         return None
 
+    def _ranks(self, recs: list[Any]) -> list[int]:
+        """Each record's route as its rank in priority order (len(routes): none)."""
+        none = len(self._routes)
+        cache = self._cache
+        if len(self.path) == 1:
+            k = self.path[0]
+            try:  # the common case, at C speed: objects, a top-level field, values seen before
+                vals = [r.get(k, _MISSING) for r in recs]
+                return [cache[v] if type(v) is not bool else none for v in vals]  # type: ignore[misc]
+            except (AttributeError, KeyError, TypeError):
+                pass
+        out = []
+        for rec in recs:
+            r = self.route_of(rec)
+            out.append(none if r is None else r.rank)
+        return out
+
     def process(self, batch: Batch) -> Batch:
         recs = batch.records(lambda i, why: self.fail(batch, i, why))
-        parts: dict[int, list[int]] = {}
-        passed: list[int] = []
-        route_of = self.route_of
-        for i, rec in enumerate(recs):
-            r = route_of(rec)
-            if r is None:
-                passed.append(i)
-            else:
-                parts.setdefault(r.rank, []).append(i)
+        buckets: list[list[int]] = [[] for _ in range(len(self._routes) + 1)]
+        for i, rank in enumerate(self._ranks(recs)):
+            buckets[rank].append(i)
+        passed = buckets.pop()
+        parts = {k: idx for k, idx in enumerate(buckets) if idx}
         m = self._metrics
         assert isinstance(m, RouteMetrics)
         m.unmatched += len(passed)
@@ -270,13 +283,27 @@ def _merge(parts: list[Batch], like: Batch) -> Batch:
         return like.take([])
     if len(parts) == 1:
         return parts[0]
-    keyed = sorted((pos, k, i) for k, p in enumerate(parts) for i, pos in enumerate(p.index))
+    idx = like.index
+    if isinstance(idx, range) and idx.step == 1:
+        base = idx.start
+        def pos_of(p: Batch) -> list[int]:
+            return [i - base for i in p.index]
+    else:
+        where = {v: i for i, v in enumerate(idx)}
+        def pos_of(p: Batch) -> list[int]:
+            return [where[i] for i in p.index]
+    n = len(idx)
+    slot: list[tuple[int, int] | None] = [None] * n  # batch position -> (part, position in it)
+    for k, p in enumerate(parts):
+        for j, pos in enumerate(pos_of(p)):
+            slot[pos] = (k, j)
+    order = [s for s in slot if s is not None]
     recs_of = [p.records() for p in parts]
     lines_of = [p.raw_lines() for p in parts]
-    with_lines = all(x is not None for x in lines_of)
-    any_metas = any(p.metas is not None for p in parts)
-    records = [recs_of[k][i] for _, k, i in keyed]
-    lines = [lines_of[k][i] for _, k, i in keyed] if with_lines else None  # type: ignore[index]
-    metas = [parts[k].meta_of(i) for _, k, i in keyed] if any_metas else None
-    return Batch(records, lines, index=[pos for pos, _, _ in keyed], meta=like.meta,
-                 metas=metas, born=like.born)  # type: ignore[arg-type]
+    records = [recs_of[k][j] for k, j in order]
+    lines = None
+    if all(x is not None for x in lines_of):
+        lines = [lines_of[k][j] for k, j in order]  # type: ignore[index]  # checked just above
+    metas = [parts[k].meta_of(j) for k, j in order] if any(p.metas is not None for p in parts) else None
+    return Batch(records, lines, index=[parts[k].index[j] for k, j in order], meta=like.meta,
+                 metas=metas, born=like.born)  # type: ignore[arg-type]  # metas: dicts, not None
