@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -74,10 +75,15 @@ output: {{type: stdout, flush_every: 0}}
 """)
 
 
-def timed(cmd: str, env: dict[str, str]) -> float:
+def timed(cmd: str, env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + sys of every process of the run: on a shared machine
+    the CPU figure is the steadier one)."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(["bash", "-c", cmd], check=True, env=env, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def main() -> None:
@@ -111,20 +117,26 @@ def main() -> None:
             assert [json.loads(x) for x in ours] == [json.loads(x) for x in theirs], "outputs differ"
         print(f"{n:,} messages, {size / 1e6:.0f} MB {'pretty-printed' if a.pretty else 'NDJSON'}; "
               f"best of {a.repeat}, start-up included")
-        best = {}
+        best: dict[str, float] = {}
+        cpu: dict[str, float] = {}
         for _ in range(a.repeat):  # interleaved, so a busy moment doesn't hit one tool only
             for label, cmd in cases:
-                t = timed(cmd, env)
-                best[label] = min(best.get(label, t), t)
+                wall, used = timed(cmd, env)
+                best[label] = min(best.get(label, wall), wall)
+                cpu[label] = min(cpu.get(label, used), used)
         ref = {k: best[k] for k in ("cat (ceiling)", "jq -c") if k in best}
+        print(f"{'':<24} {'wall':>18} {'':>17}   {'CPU (user+sys, all processes)':>30}")
         for label, _ in cases:
             t = best[label]
-            ratios = "   ".join(f"{t / r:5.2f}x the time of {k.split()[0]}" for k, r in ref.items() if k != label)
-            print(f"{label:<24} {size / t / 1e6:8.1f} MB/s {n / t:>12,.0f} msg/s   {ratios}")
+            ratios = "  ".join(f"{t / r:6.2f}x {k.split()[0]}'s time" for k, r in ref.items() if k != label)
+            print(f"{label:<24} {size / t / 1e6:8.1f} MB/s {n / t:>11,.0f} msg/s   "
+                  f"{cpu[label]:6.2f} s CPU ({size / max(cpu[label], 1e-9) / 1e6:7.1f} MB per CPU-s)   {ratios}")
         print(f"{'goal (seed floor)':<24} {FLOOR_MB_S:8.1f} MB/s")
         if "jq -c" in best:
-            print(f"clipipe (sync) vs jq: {best['jq -c'] / best['clipipe route sync']:.2f}x jq's throughput; "
-                  f"concurrent vs sync: {best['clipipe route sync'] / best['clipipe route concurrent']:.2f}x")
+            print(f"clipipe (sync) vs jq: {best['jq -c'] / best['clipipe route sync']:.2f}x jq's throughput "
+                  f"(wall), {cpu['jq -c'] / cpu['clipipe route sync']:.2f}x (CPU); concurrent vs sync: "
+                  f"{best['clipipe route sync'] / best['clipipe route concurrent']:.2f}x (wall)")
+        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

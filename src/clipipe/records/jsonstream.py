@@ -43,6 +43,7 @@ _TOKEN = re.compile(r'"[^"\\\n]*(?:\\[^\n][^"\\\n]*)*"|"|[{}\[\]]')
 #: a line starting (at column 0) with a bracket: where a pretty-printed top-level value opens or closes
 _COL0 = re.compile(r"^[{}\[\]]", re.M)
 _OPENER = re.compile(r"^[{\[]", re.M)
+_PIECE = re.compile(r"\n(?=[{\[])")  # between a line and the next one opening a value at column 0
 _SPACE = re.compile(r"\s*")
 _INCOMPLETE = "unexpected end of data"            # orjson: a valid prefix of a JSON text
 _AFTER = "unexpected content after document"     # orjson: a complete value, then more
@@ -161,9 +162,9 @@ class StreamParser:
         self._off = off + cut + 1
         self._line = line + text.count("\n") + 1
         if self._pend:
-            self._block(self._pend + "\n" + text, self._pend_off, self._pend_line, out, off + cut, True)
-        elif self._discarding or cut > self.max or not self._fast(text, cut, out):
-            self._block(text, off, line, out, off + cut)
+            self._resume_open(text, out, off + cut)
+        else:
+            self._lines(text, off, line, out, off + cut)
         self._check_tail(out)
         self.messages += len(out.values)
         return out
@@ -189,6 +190,26 @@ class StreamParser:
         self.messages += len(out.values)
         return out
 
+    def _lines(self, text: str, off: int, line: int, out: Parsed, end_off: int) -> None:
+        """Complete lines at a line start: the fast paths if the text has their shape, else the scanner."""
+        if (self._discarding or end_off - off > self.max or not self._fast(text, end_off - off, out)
+                and not self._fast_pretty(text, off, line, out, end_off)):
+            self._block(text, off, line, out, end_off)
+
+    def _resume_open(self, text: str, out: Parsed, end_off: int) -> None:
+        """New lines while a value is open: finish it, then the rest as usual."""
+        whole = self._pend + "\n" + text
+        w = _Where(whole, self._pend_off, self._pend_line)
+        pos = self._continue(whole, 0, w, out, end_off)
+        if pos < 0 or pos >= len(whole):
+            return
+        if whole[pos] == "\n" and not self._discarding:  # it ended a line: the rest starts one
+            o, ln = w.at(pos + 1)
+            self._lines(whole[pos + 1:], o, ln, out, end_off)
+        else:
+            o, ln = w.at(pos)
+            self._block(whole[pos:], o, ln, out, end_off)
+
     def _fast(self, text: str, nbytes: int, out: Parsed) -> bool:
         """Every line one JSON value (NDJSON): all of them at once; False if any isn't."""
         lines = text.split("\n")
@@ -203,6 +224,30 @@ class StreamParser:
                 lines = [x.rstrip("\r") for x in lines]
             out.texts += lines
         out.nbytes += nbytes
+        return True
+
+    def _fast_pretty(self, text: str, off: int, line: int, out: Parsed, end_off: int) -> bool:
+        """Pretty-printed values (each opening at column 0): cut before every column-0 `{`/`[`
+        and parse the pieces at once; the last may go on in the next chunk. False: not that shape."""
+        if not text or text[0] not in "{[":
+            return False
+        pieces = _PIECE.split(text)
+        loads = orjson.loads
+        try:
+            values = [loads(x) for x in pieces[:-1]]
+        except orjson.JSONDecodeError:
+            return False
+        last = pieces[-1]
+        out.values += values
+        out.nbytes += len(text) - len(last)
+        if out.texts is not None:
+            if any("\n" in x for x in pieces[:-1]):
+                out.texts = None
+            else:
+                out.texts += pieces[:-1]
+        start = len(text) - len(last)
+        o, ln = _Where(text, off, line).at(start)
+        self._block(last, o, ln, out, end_off)
         return True
 
     def _check_tail(self, out: Parsed) -> None:
