@@ -340,6 +340,7 @@ def _run_records(doc: Any, path: str, extra: list[str], opts: RunOptions, as_jso
     given = split_param_args(extra, shell)
     values = params_mod.resolve(shell, given, params_mod.builtins(shell.name, op_id))
     pipeline = records.load(doc, path=path, params=values)
+    pipeline.ctx.extra["contexts_path"] = opts.contexts_path  # for sources that run on a context
     store = open_store()
     started = time.time()
     status, metrics, error = "failed", {}, None

@@ -102,7 +102,9 @@ def load(doc: Any, *, path: str, params: dict[str, Any], source_text: str | None
         raise SpecError(f"a {src_type} source needs type: realtime (it runs until stopped and commits "
                         "as it goes)", mark=mark_of(src_type, mark_of(src_raw, file_mark)))
     deferred = src_cls.deferred(src_raw) if hasattr(src_cls, "deferred") else ()
-    doc = interpolate_doc(doc, env=env, params=params, deferred=deferred, skip_keys=("params",))
+    shell_paths = [("source", k) for k in getattr(src_cls, "shell_keys", ())]  # shell commands: quoted params
+    doc = interpolate_doc(doc, env=env, params=params, deferred=deferred, skip_keys=("params",),
+                          shell_paths=shell_paths)
 
     name = str(doc.get("name") or Path(path).stem)
     on_error = _on_error(doc, "stop", "pipeline")

@@ -38,6 +38,9 @@ class StepClass(ComponentClass, Protocol):
 
 
 _REGISTRY: dict[str, dict[str, ComponentClass]] = {k: {} for k in KINDS}
+#: a Config field type: a list of record steps kept as written (marks and all), for components that
+#: build steps of their own with the pipeline's step builder (the `route` step's handlers)
+StepList = typing.NewType("StepList", list)
 T = TypeVar("T")
 REQUIRED: Any = dataclasses.MISSING
 
@@ -99,6 +102,8 @@ def components(kind: str) -> dict[str, Any]:  # the overloads above give the pre
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if tp is StepList:
+        return "a list of steps"
     if tp is Any:
         return "any value"
     if origin is Literal:
@@ -135,6 +140,10 @@ def convert(tp: Any, value: Any, mark: Mark | None, where: str) -> Any:
     """Check `value` against the annotation `tp` and return it as plain Python values."""
     m = mark_of(value, mark)
     origin = typing.get_origin(tp)
+    if tp is StepList:
+        if not isinstance(value, list):
+            raise SpecError(f"{where}: expected a list of steps, got {_describe(value)}", mark=m)
+        return value
     if tp is Any:
         return _plain(value)
     if origin in (Union, types.UnionType):
@@ -237,12 +246,22 @@ def explain(kind: str, name: str) -> str:
     """A plain-text description of a component: summary, fields, examples."""
     cls = lookup(kind, name, None)
     lines = [f"{kind} {name}: {cls.summary}", "", "fields:"]
-    for f, tp in fields_of(cls.Config):
-        default = "" if f.default is dataclasses.MISSING else f" (default: {f.default!r})"
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-            default = " (required)"
-        lines.append(f"  {f.name}: {_type_name(tp)}{default}")
-        lines.append(f"      {f.metadata.get('description', '')}")
+    _explain_fields(cls.Config, lines, "  ")
     for ex in getattr(cls, "examples", []):
         lines += ["", "example:", ex.rstrip()]
     return "\n".join(lines)
+
+
+def _explain_fields(config: type, lines: list[str], indent: str) -> None:
+    """One entry per field; a nested Config (a mapping of its own fields) is listed under its field."""
+    for f, tp in fields_of(config):
+        default = "" if f.default is dataclasses.MISSING else f" (default: {f.default!r})"
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            default = " (required)"
+        lines.append(f"{indent}{f.name}: {_type_name(tp)}{default}")
+        lines.append(f"{indent}    {f.metadata.get('description', '')}")
+        inner = [a for a in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)]
+        if typing.get_origin(tp) is list:
+            inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        for sub in inner:
+            _explain_fields(typing.cast("type[Any]", sub), lines, indent + "    ")

@@ -15,5 +15,6 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "examples" / "records")
 def test_example_loads(path: Path) -> None:
     doc = yamlmarks.load(path)
     assert is_record_pipeline(doc)
-    pipe = load(doc, path=str(path), params={"name": path.stem, "date": "2026-01-01", "op_id": "x"})
+    defaults = {str(k): v.get("default") for k, v in (doc.get("params") or {}).items() if isinstance(v, dict)}
+    pipe = load(doc, path=str(path), params={**defaults, "name": path.stem, "date": "2026-01-01", "op_id": "x"})
     assert pipe.name

@@ -1,2 +1,2 @@
 """Record steps; importing this package registers them."""
-from clipipe.records.steps import exclude, filter, sample, select, transform  # noqa: F401
+from clipipe.records.steps import exclude, filter, route, sample, select, transform  # noqa: F401
