@@ -27,7 +27,6 @@ from clipipe.engine.operation import Prepared, TargetPool, cancel_on_signals, de
 from clipipe.engine.output import Console
 from clipipe.engine.record import iso, ms, new_op_id
 from clipipe.engine import rerun
-from clipipe.engine.runner import Runner
 from clipipe.errors import (AgentError, AuthError, ClipipeError, HostKeyError, TargetError,
                             UnreachableError)
 from clipipe.spec import templates
@@ -484,6 +483,8 @@ class Fleet:
         assert res.output is not None
         console = HostConsole(res.output, self.console, multi_step=len(prep.plan.steps) > 1)
         contexts = set(prep.plan.contexts.values()) | {host}
+        from clipipe.engine.runner import Runner   # not loaded for ad-hoc commands
+
         runner = Runner(prep.plan, prep.values, get, console, jobs=self.jobs,
                         remote_contexts=self.pool.remote_names(contexts))  # piped steps join on the host
         runner.contexts = self.pool.contexts() or None

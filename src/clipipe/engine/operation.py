@@ -8,17 +8,19 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from clipipe import __version__
 from clipipe.engine.output import Console
 from clipipe.engine.record import iso, make_scrubber, ms, new_op_id
-from clipipe.engine.runner import Runner, RunResult
 from clipipe.errors import ClipipeError, ContextError, UserError
 from clipipe.plan.dag import Plan, build_plan
 from clipipe.spec import params as params_mod
 from clipipe.spec.model import Pipeline
 from clipipe.targets.base import Target
+
+if TYPE_CHECKING:  # the runner (and the stream core under it) loads only when a pipeline runs:
+    from clipipe.engine.runner import RunResult   # an ad-hoc fleet command never needs it
 
 #: Names every pipeline can use without declaring them.
 BUILTIN_NAMES = ("name", "date", "time", "datetime", "timestamp", "op_id", "hostname", "user")
@@ -188,6 +190,8 @@ def build_record(prep: Prepared, result: RunResult | None, pool: TargetPool, sta
 async def execute(prep: Prepared, pool: TargetPool, console: Console, opts: RunOptions,
                   progress: Any = None) -> RunResult:
     """Run the plan, stopping cleanly (every process group killed) on SIGINT/SIGTERM."""
+    from clipipe.engine.runner import Runner
+
     runner = Runner(prep.plan, prep.values, pool.get, console, jobs=opts.jobs, progress=progress,
                     remote_contexts=pool.remote_names(set(prep.plan.contexts.values())))
     runner.contexts = pool.contexts() or None
