@@ -225,11 +225,7 @@ class RecordPipeline:
                   quiet: bool = False) -> dict[str, Any]:
         """Run once; returns the metrics for the operation record, raises RecordError on failure."""
         ctx = self.ctx
-        run = _Run(stderr, quiet)
-        ctx.store, ctx.op_id, ctx.stdout, ctx.stderr, ctx.quiet, ctx.errors = (
-            store, op_id, stdout, stderr, quiet, run)
-        for s in self.steps:
-            s.metrics = type(s.metrics)(s.name, s.type_name)
+        run = self.begin(store=store, op_id=op_id, stdout=stdout, stderr=stderr, quiet=quiet)
         started = time.monotonic()
         records_in = records_out = 0
         latencies: list[float] = []
@@ -268,6 +264,17 @@ class RecordPipeline:
         if hasattr(self.output, "report"):
             self.output.report(self.metrics)
         return self.metrics
+
+    def begin(self, *, store: Any, op_id: str, stdout: TextIO | None, stderr: TextIO | None,
+              quiet: bool) -> _Run:
+        """Fresh per-run state: the context's store, streams and error sink, the steps' metrics."""
+        run = _Run(stderr, quiet)
+        ctx = self.ctx
+        ctx.store, ctx.op_id, ctx.stdout, ctx.stderr, ctx.quiet, ctx.errors = (
+            store, op_id, stdout, stderr, quiet, run)
+        for s in self.steps:
+            s.metrics = type(s.metrics)(s.name, s.type_name)
+        return run
 
     def _process(self, batch: Batch) -> Batch:
         for step in self.steps:

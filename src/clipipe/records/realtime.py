@@ -406,11 +406,7 @@ class RealtimePipeline(RecordPipeline):
                   quiet: bool = False) -> dict[str, Any]:
         """Run until the source ends or SIGINT/SIGTERM; returns the metrics, raises RecordError."""
         ctx = self.ctx
-        run = _Run(stderr, quiet)
-        ctx.store, ctx.op_id, ctx.stdout, ctx.stderr, ctx.quiet, ctx.errors = (
-            store, op_id, stdout, stderr, quiet, run)
-        for s in self.steps:
-            s.metrics = type(s.metrics)(s.name, s.type_name)
+        run = self.begin(store=store, op_id=op_id, stdout=stdout, stderr=stderr, quiet=quiet)
         rt = self.realtime
         rt.reset()
         stopper = _Stopper(stderr, quiet)

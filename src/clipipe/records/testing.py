@@ -111,13 +111,8 @@ def _plain(value: Any) -> Any:
 def run_case(pipe: RecordPipeline, case: Case) -> CaseResult:
     """Feed the case's records to the pipeline's steps (no source, no output) and compare."""
     from clipipe.records.core import Batch
-    from clipipe.records.pipeline import _Run
 
-    run = _Run(None, True)
-    ctx = pipe.ctx
-    ctx.store, ctx.op_id, ctx.stdout, ctx.stderr, ctx.quiet, ctx.errors = None, "test", None, None, True, run
-    for s in pipe.steps:
-        s.metrics = type(s.metrics)(s.name, s.type_name)
+    run = pipe.begin(store=None, op_id="test", stdout=None, stderr=None, quiet=True)
     batch = pipe._process(Batch(records=[_plain(r) for r in case.input], index=range(len(case.input))))
     got = _plain(batch.records()) if len(batch) else []
     result = CaseResult(case, got == case.expected, got, errors=run.errors)
