@@ -302,3 +302,43 @@ steps:
     time.sleep(0.2)
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_rerun_failed_runs_only_the_steps_that_did_not_succeed(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    flag = tmp_path / "fixed"
+    log = tmp_path / "ran.log"
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(f"""
+name: flaky
+steps:
+  - {{name: prep, command: "echo prep >> {log}; echo v1", output: "variable:version"}}
+  - {{name: other, command: "echo other >> {log}"}}
+  - {{name: flaky, command: "echo flaky >> {log}; test -e {flag}", depends_on: prep}}
+  - {{name: after, command: "echo after {{{{.version}}}} >> {log}", depends_on: flaky}}
+""")
+    env = {**os.environ, "CLIPIPE_HOME": str(tmp_path / "state")}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "clipipe", "run", *args], capture_output=True, text=True,
+                              env=env, cwd=tmp_path, timeout=60)
+
+    assert cli(str(pipe)).returncode == 1
+    assert sorted(log.read_text().split()) == ["flaky", "other", "prep"]
+    log.write_text("")
+    flag.write_text("")
+    r = cli(str(pipe), "--rerun-failed")
+    assert r.returncode == 0, r.stderr
+    assert "Rerunning 2 step(s) that did not succeed" in r.stderr and "flaky, after" in r.stderr
+    assert log.read_text().split() == ["flaky", "after", "v1"]            # prep's variable reused
+    rec = json.loads(subprocess.run([sys.executable, "-m", "clipipe", "ops", "list", "--json", "-n", "1"],
+                                    capture_output=True, text=True, env=env).stdout.splitlines()[0])
+    steps = {s["name"]: s for s in rec["steps"]}
+    assert steps["prep"]["status"] == "ok" and "not run again" in steps["prep"]["note"]
+    assert steps["after"]["status"] == "ok" and rec["rerun_of"]
+    r = cli(str(pipe), "--rerun-failed")
+    assert r.returncode == 0 and "Nothing to rerun" in r.stderr

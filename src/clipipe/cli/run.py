@@ -80,9 +80,10 @@ def is_pipeline_file(arg: str) -> bool:
 @click.option("--dry-run", is_flag=True, help="Show what would run where, and run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the operation record as JSON on stdout "
               "(steps' output goes to stderr).")
-@click.option("--rerun-failed", is_flag=True, help="Fleet runs: only the hosts that failed, were "
-              "unreachable or were interrupted in the newest earlier fleet run of the same command or "
-              "pipeline (within -c/--limit when given).")
+@click.option("--rerun-failed", is_flag=True, help="Run again only what did not succeed last time: "
+              "after a fleet run, the hosts that failed, were unreachable or were interrupted (within "
+              "-c/--limit when given); after a one-context pipeline run, the steps that did not end ok "
+              "and what depends on them (the others' captured variables are reused).")
 @click.option("-h", "--help", "show_help", is_flag=True, help="Show this message (with a PIPELINE: its params).")
 @click.pass_context
 def run(ctx: click.Context, target_arg: str | None, context: str | None, limit: str | None,
@@ -118,6 +119,17 @@ def run(ctx: click.Context, target_arg: str | None, context: str | None, limit: 
         given = {}
     pool = make_pool(opts.contexts_path, inventories)
     rerun_of = None
+    earlier = None
+    if rerun_failed and pipeline.path != "<command line>":
+        from clipipe.engine import rerun
+
+        earlier = rerun.previous_run(open_store(), pipeline.path)
+    if earlier is not None and earlier.get("type") != "fleet":    # the failed steps of one run
+        if context is not None and len(select(pool.contexts(), context, limit)) > 1:
+            raise UserError(f"--rerun-failed: the last run of this pipeline ({earlier['id']}) was not a "
+                            "fleet run; drop -c, or name one context")
+        opts.context = context or earlier.get("context")
+        return _run_commands(pipeline, given, opts, as_json, pool, rerun_of=earlier)
     if rerun_failed:
         hosts, rerun_of = _hosts_to_rerun(pipeline, pool, context, limit, quiet or as_json)
         if not hosts:
@@ -173,9 +185,23 @@ def _hosts_to_rerun(pipeline: Any, pool: TargetPool, context: str | None, limit:
 
 
 def _run_commands(pipeline: Any, given: dict[str, Any], opts: RunOptions, as_json: bool,
-                  pool: TargetPool | None = None) -> int:
+                  pool: TargetPool | None = None, rerun_of: dict[str, Any] | None = None) -> int:
     pool = pool or TargetPool(opts.contexts_path)
     prep = prepare(pipeline, given, pool, opts.context)
+    reuse = None
+    if rerun_of is not None:
+        from clipipe.engine import rerun
+
+        done, variables = rerun.steps_to_reuse(rerun_of, prep.plan)
+        again = [n for n in prep.plan.steps if n not in done]
+        if not again:
+            if not opts.quiet:
+                click.echo(f"Nothing to rerun: every step of {rerun_of['id']} ended ok", err=True)
+            return 0
+        if not opts.quiet and not as_json:
+            click.echo(f"Rerunning {len(again)} step(s) that did not succeed in {rerun_of['id']} (or "
+                       f"depend on them): {', '.join(again)}", err=True)
+        reuse = (done, variables, str(rerun_of["id"]))
     if opts.dry_run:
         _dry_run(prep)
         return 0
@@ -197,7 +223,7 @@ def _run_commands(pipeline: Any, given: dict[str, Any], opts: RunOptions, as_jso
         if progress is not None:
             progress.start()
         try:
-            result = asyncio.run(execute(prep, pool, console, opts, progress))
+            result = asyncio.run(execute(prep, pool, console, opts, progress, reuse))
         finally:
             if progress is not None:
                 progress.stop()
@@ -210,6 +236,9 @@ def _run_commands(pipeline: Any, given: dict[str, Any], opts: RunOptions, as_jso
         raise
     finally:
         record = build_record(prep, result, pool, started, time.time(), status, error)
+        record["context"] = opts.context
+        if rerun_of is not None:
+            record["rerun_of"] = rerun_of["id"]
         store.save_op(record)
     if as_json:
         click.echo(json.dumps(record, indent=2, default=str))

@@ -169,6 +169,7 @@ def build_record(prep: Prepared, result: RunResult | None, pool: TargetPool, sta
     rec: dict[str, Any] = {
         "id": prep.op_id, "type": "pipeline-stream" if prep.plan.consumers else "pipeline",
         "clipipe": __version__, "pipeline": p.name, "file": p.path, "version": p.version or None,
+        "file_abs": os.path.abspath(p.path) if p.path != "<command line>" else None,
         "status": status, "started": iso(started), "ended": iso(ended), "started_ts": started,
         "duration_ms": ms(ended - started), "params": params_mod.masked(p, prep.values),
         "steps": [r.to_json(prep.scrub) for r in result.steps.values()] if result else [],
@@ -188,7 +189,7 @@ def build_record(prep: Prepared, result: RunResult | None, pool: TargetPool, sta
 
 
 async def execute(prep: Prepared, pool: TargetPool, console: Console, opts: RunOptions,
-                  progress: Any = None) -> RunResult:
+                  progress: Any = None, reuse: tuple[set[str], dict[str, str], str] | None = None) -> RunResult:
     """Run the plan, stopping cleanly (every process group killed) on SIGINT/SIGTERM."""
     from clipipe.engine.runner import Runner
 
@@ -196,6 +197,8 @@ async def execute(prep: Prepared, pool: TargetPool, console: Console, opts: RunO
                     remote_contexts=pool.remote_names(set(prep.plan.contexts.values())))
     runner.contexts = pool.contexts() or None
     runner.make_target = pool.make
+    if reuse is not None:           # --rerun-failed: these steps' earlier success stands
+        runner.reuse(*reuse)
     task = asyncio.ensure_future(runner.run())
     try:
         with cancel_on_signals(task):

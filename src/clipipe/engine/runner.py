@@ -63,6 +63,7 @@ class Runner:
         self.forwards: dict[str, list[Any]] = {}      #: port-forward step -> its running forwards
         self.forward_stats: list[dict[str, Any]] = []
         self.transfers: list[dict[str, Any]] = []
+        self._reused: set[str] = set()      #: steps an earlier run did (--rerun-failed)
         #: contexts where consecutive piped steps run as one segment, joined by the remote's own pipes
         self.remote_contexts = remote_contexts or set()
         self.values = dict(values)
@@ -90,7 +91,8 @@ class Runner:
             a, b = plan.group_of[e.src], plan.group_of[e.dst]
             if e.kind != "stream" and a != b:
                 deps[b].add(a)
-        status: dict[int, str] = {}
+        status: dict[int, str] = {gid: "ok" for gid in deps
+                                  if all(n in self._reused for n in plan.groups[gid].steps)}
         running: dict[asyncio.Task[str], int] = {}
         sem = asyncio.Semaphore(self.jobs)
         stop = False
@@ -138,6 +140,14 @@ class Runner:
         return RunResult(status=result, steps=self.records, streams=self.streams,
                          variables=dict(self.variables), failed=failed, transfers=self.transfers,
                          forwards=self.forward_stats)
+
+    def reuse(self, steps: set[str], variables: dict[str, str], run_id: str) -> None:
+        """Mark steps as done by an earlier run (`--rerun-failed`), with the variables they captured."""
+        self._reused = set(steps)
+        self.variables.update(variables)
+        for n in steps:
+            rec = self.records[n]
+            rec.status, rec.note = "ok", f"ok in {run_id}; not run again"
 
     def _pending(self, gid: int, status: dict[int, str], stop: bool) -> bool:
         """True while group `gid` may still run: running, or not started and the run goes on."""
