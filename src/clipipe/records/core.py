@@ -286,3 +286,28 @@ class Output:
 
     def summary_lines(self, metrics: dict[str, Any]) -> None:
         """Hook for outputs that print the run's metrics (the stub)."""
+
+
+def apply_steps(steps: list[Any], batch: Batch) -> tuple[Batch, int]:
+    """Run a batch through steps in order, keeping each step's metrics; (batch out, record errors).
+
+    Stops early when a step leaves nothing. Shared by the engine and by steps that hold steps of
+    their own (a route's handlers).
+    """
+    import time
+
+    errors = 0
+    for step in steps:
+        m = step.metrics
+        n = len(batch)
+        before = m.errors
+        t = time.perf_counter()
+        batch = step.process(batch)
+        m.seconds += time.perf_counter() - t
+        m.records_in += n
+        m.records_out += len(batch)
+        m.dropped += n - len(batch) - (m.errors - before)
+        errors += m.errors - before
+        if not len(batch):
+            break
+    return batch, errors

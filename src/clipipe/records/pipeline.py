@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from clipipe.errors import Mark, RecordError, SpecError
-from clipipe.records.core import Batch, Context, Output, Source, Step
+from clipipe.records.core import Batch, Context, Output, Source, Step, apply_steps
 from clipipe.records.envinterp import interpolate_doc
 from clipipe.records.registry import components, lookup, parse_config
 from clipipe.spec.yamlmarks import mark_of
@@ -277,19 +277,7 @@ class RecordPipeline:
         return run
 
     def _process(self, batch: Batch) -> Batch:
-        for step in self.steps:
-            m = step.metrics
-            n = len(batch)
-            errors_before = m.errors
-            t = time.perf_counter()
-            batch = step.process(batch)
-            m.seconds += time.perf_counter() - t
-            m.records_in += n
-            m.records_out += len(batch)
-            m.dropped += n - len(batch) - (m.errors - errors_before)
-            if not len(batch):
-                break
-        return batch
+        return apply_steps(self.steps, batch)[0]
 
     async def _abort(self) -> None:
         try:

@@ -130,12 +130,16 @@ class AgentTarget:
             outcomes, result = await self.session.run_segment(procs, io, checksums)
         except TargetError as exc:
             raise self._classify(exc) from exc
-        stats = StreamStats(bytes_in=result.bytes_in, bytes_out=result.bytes_out, path="agent")
+        self._stats(procs, result, "agent")
+        return outcomes, result
+
+    def _stats(self, procs: list[ProcSpec], result: SegmentStats, path: str) -> None:
+        """Keep what crossed the wire for a finished segment (last_stats, last_result, on_stats)."""
+        stats = StreamStats(bytes_in=result.bytes_in, bytes_out=result.bytes_out, path=path)
         self.last_stats = stats
         self.last_result = result
         if self.on_stats is not None:
             self.on_stats(procs, stats, result)
-        return outcomes, result
 
     def remote_tee_blocker(self, bulk: bool) -> str | None:
         """Why this target can't run a tee segment by its agent now; None when it can."""
@@ -163,11 +167,7 @@ class AgentTarget:
             outcomes, result = await self.session.run_tee_segment(procs, io, tee, counter=counter)
         except TargetError as exc:
             raise self._classify(exc) from exc
-        stats = StreamStats(bytes_in=result.bytes_in, bytes_out=result.bytes_out, path="agent-tee")
-        self.last_stats = stats
-        self.last_result = result
-        if self.on_stats is not None:
-            self.on_stats(procs, stats, result)
+        self._stats(procs, result, "agent-tee")
         return outcomes, result
 
     async def close(self) -> None:

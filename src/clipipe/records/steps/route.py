@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from clipipe.errors import SpecError
-from clipipe.records.core import Batch, Step, StepMetrics
+from clipipe.records.core import Batch, Step, StepMetrics, apply_steps
 from clipipe.records.registry import StepList, option, register
 from clipipe.spec.yamlmarks import mark_of
 
@@ -249,21 +249,8 @@ class RouteStep(Step):
         """One route's handler steps over its records (the engine's per-step bookkeeping, nested)."""
         rm = (cast(RouteMetrics, self._metrics).routes or {})[route.name]
         rm["records_in"] += len(part)
-        errors = 0
         t = time.perf_counter()
-        for step in route.steps:
-            sm = step.metrics
-            n = len(part)
-            before = sm.errors
-            t0 = time.perf_counter()
-            part = step.process(part)
-            sm.seconds += time.perf_counter() - t0
-            sm.records_in += n
-            sm.records_out += len(part)
-            sm.dropped += n - len(part) - (sm.errors - before)
-            errors += sm.errors - before
-            if not len(part):
-                break
+        part, errors = apply_steps(route.steps, part)
         rm["seconds"] = round(rm["seconds"] + time.perf_counter() - t, 6)
         rm["records_out"] += len(part)
         rm["errors"] += errors
