@@ -342,3 +342,31 @@ steps:
     assert steps["after"]["status"] == "ok" and rec["rerun_of"]
     r = cli(str(pipe), "--rerun-failed")
     assert r.returncode == 0 and "Nothing to rerun" in r.stderr
+
+
+def test_dry_run_says_where_each_tee_would_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "contexts.yaml").write_text(
+        "contexts:\n  box: {type: ssh, host: 127.0.0.1, port: 1, ssh_config: null}\n")
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text("""
+steps:
+  - {name: make, command: "seq 10", output: stream}
+  - name: split
+    type: tee
+    input: pipe
+    branches:
+      - {name: sum, type: checksum}
+      - {name: keep, command: "cat > /tmp/x"}
+  - {name: far, command: "seq 3", output: stream}
+  - {name: near, type: tee, input: pipe, context: local, branches: [{name: c, type: checksum}]}
+""")
+    r = subprocess.run([sys.executable, "-m", "clipipe", "--contexts", str(tmp_path / "contexts.yaml"), "run",
+                        "-c", "box", "--dry-run", str(pipe)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "CLIPIPE_HOME": str(tmp_path / "state")})
+    assert r.returncode == 0, r.stderr            # nothing connects: port 1 is never tried
+    assert "split (tee) @box: on box by its agent, when box runs one" in r.stdout
+    assert "near (tee) @local: in the controller's stream core (a local tee)" in r.stdout

@@ -203,7 +203,7 @@ def _run_commands(pipeline: Any, given: dict[str, Any], opts: RunOptions, as_jso
                        f"depend on them): {', '.join(again)}", err=True)
         reuse = (done, variables, str(rerun_of["id"]))
     if opts.dry_run:
-        _dry_run(prep)
+        _dry_run(prep, pool)
         return 0
     console = Console(out=sys.stderr if as_json else sys.stdout, err=sys.stderr, scrub=prep.scrub)
     adhoc = pipeline.path == "<command line>"
@@ -329,9 +329,26 @@ def _summary(record: dict[str, Any], console: Console, adhoc: bool) -> None:
     console.note(f"{verdict} in {_fmt_duration(record['duration_ms'])} (operation {record['id']})")
 
 
-def _dry_run(prep: Any) -> None:
+def _tee_placement(prep: Any, name: str, remote: set[str]) -> str:
+    """Where a tee would run: on its host's agent (when the host runs one), or on the controller, why."""
+    from clipipe.engine import remote_tee
+    from clipipe.engine.runner import Runner
+
+    ctx = prep.plan.contexts[name]
+    if ctx not in remote:
+        return "in the controller's stream core (a local tee)"
+    runner = Runner(prep.plan, prep.values, None, Console(), remote_contexts=remote)  # type: ignore[arg-type]
+    why = remote_tee._blocker(runner, prep.plan.steps[name])
+    if why is not None:
+        return f"in the controller's stream core: {why}"
+    return f"on {ctx} by its agent, when {ctx} runs one (else in the controller's stream core)"
+
+
+def _dry_run(prep: Any, pool: TargetPool | None = None) -> None:
     """Print each step with its rendered command and context; variables stay as placeholders."""
     from clipipe.spec import templates
+
+    remote = pool.remote_names(set(prep.plan.contexts.values())) if pool is not None else set()
 
     values = dict(prep.values)
     for v in prep.plan.variables:
@@ -345,6 +362,8 @@ def _dry_run(prep: Any) -> None:
                 if s.command:
                     cmd = prep.scrub(templates.render(s.command, values, shell=True))
                     click.echo(f"[level {li}] {name} @{ctx}: {cmd}")
+                if s.type == "tee":
+                    click.echo(f"[level {li}] {name} (tee) @{ctx}: {_tee_placement(prep, name, remote)}")
                 for b in s.branches:
                     cmds = [b.command] if b.command else [x.command for x in b.steps if x.command]
                     shown = " | ".join(prep.scrub(templates.render(c, values, shell=True)) for c in cmds if c)
@@ -430,7 +449,7 @@ def _run_fleet(pipeline: Any, given: dict[str, Any], pool: TargetPool, opts: Run
     if opts.dry_run:
         for line in fleetview.dry_run_lines(fopts.hosts, pipeline.steps[0].command if adhoc else None):
             click.echo(line)
-        _dry_run(fleet.prep)
+        _dry_run(fleet.prep, pool)
         return 0
     if not opts.quiet and not as_json:
         what = f"command {pipeline.steps[0].command!r}" if adhoc else f"pipeline {pipeline.name}"
