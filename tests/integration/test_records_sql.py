@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 import uuid
 
@@ -16,12 +17,19 @@ PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 MY_DSN = "root:@tcp(127.0.0.1:3306)/test"
 
 
+def _unavailable(reason: str) -> None:
+    """Skip with the reason; in CI (CI=true), where .ci/run starts the services, fail instead."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
 def _pg():
     psycopg = pytest.importorskip("psycopg")
     try:
         return psycopg.connect(PG_DSN, autocommit=True, connect_timeout=3)
     except Exception as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {exc}")
+        _unavailable(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {exc}")
 
 
 def _my():
@@ -30,7 +38,7 @@ def _my():
         return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database="test",
                                autocommit=True, connect_timeout=3)
     except Exception as exc:
-        pytest.skip(f"MariaDB on 127.0.0.1:3306 is not reachable: {exc}")
+        _unavailable(f"MariaDB on 127.0.0.1:3306 is not reachable: {exc}")
 
 
 def _sqlite(tmp_path):
