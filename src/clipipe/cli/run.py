@@ -131,7 +131,7 @@ def run(ctx: click.Context, target_arg: str | None, context: str | None, limit: 
         opts.context = context or earlier.get("context")
         return _run_commands(pipeline, given, opts, as_json, pool, rerun_of=earlier)
     if rerun_failed:
-        hosts, rerun_of = _hosts_to_rerun(pipeline, pool, context, limit, quiet or as_json)
+        hosts, rerun_of = _hosts_to_rerun(pipeline, pool, context, limit, quiet or as_json, earlier)
         if not hosts:
             return 0
     elif context is not None or limit is not None:
@@ -155,14 +155,17 @@ def _fleet_progress(opts: RunOptions, as_json: bool) -> str:
 
 
 def _hosts_to_rerun(pipeline: Any, pool: TargetPool, context: str | None, limit: str | None,
-                    silent: bool) -> tuple[list[str], str | None]:
-    """--rerun-failed: the hosts to run again and the id of the run they failed in ([] = nothing)."""
+                    silent: bool, rec: dict[str, Any] | None = None) -> tuple[list[str], str | None]:
+    """--rerun-failed: the hosts to run again and the id of the run they failed in ([] = nothing).
+
+    `rec` is the earlier fleet record when the caller found it already (a pipeline file's run).
+    """
     from clipipe.engine import rerun
 
     adhoc = pipeline.path == "<command line>"
     what = "command" if adhoc else "pipeline"
-    rec = rerun.previous_fleet(open_store(), command=pipeline.steps[0].command if adhoc else None,
-                               file=None if adhoc else pipeline.path)
+    if rec is None and adhoc:
+        rec = rerun.previous_fleet(open_store(), command=pipeline.steps[0].command)
     if rec is None:
         raise UserError(f"--rerun-failed: no earlier fleet run of this {what} in the operation records",
                         hint="run it on a fleet first (clipipe run -c GROUP ...); see `clipipe ops list`")

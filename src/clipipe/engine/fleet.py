@@ -486,9 +486,8 @@ class Fleet:
         from clipipe.engine.runner import Runner   # not loaded for ad-hoc commands
 
         runner = Runner(prep.plan, prep.values, get, console, jobs=self.jobs,
-                        remote_contexts=self.pool.remote_names(contexts))  # piped steps join on the host
-        runner.contexts = self.pool.contexts() or None
-        runner.make_target = self.pool.make
+                        remote_contexts=self.pool.remote_names(contexts),  # piped steps join on the host
+                        contexts=self.pool.contexts() or None, make_target=self.pool.make)
         runner.direct_output = False           # every line goes through the host's output
         result = await runner.run()
         res.steps = [r.to_json(prep.scrub) for r in result.steps.values()]

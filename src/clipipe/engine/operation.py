@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from clipipe import __version__
+from clipipe.engine import rerun
 from clipipe.engine.output import Console
 from clipipe.engine.record import iso, make_scrubber, ms, new_op_id
 from clipipe.errors import ClipipeError, ContextError, UserError
@@ -169,7 +170,7 @@ def build_record(prep: Prepared, result: RunResult | None, pool: TargetPool, sta
     rec: dict[str, Any] = {
         "id": prep.op_id, "type": "pipeline-stream" if prep.plan.consumers else "pipeline",
         "clipipe": __version__, "pipeline": p.name, "file": p.path, "version": p.version or None,
-        "file_abs": os.path.abspath(p.path) if p.path != "<command line>" else None,
+        "file_abs": rerun.pipeline_key(p.path) if p.path != "<command line>" else None,
         "status": status, "started": iso(started), "ended": iso(ended), "started_ts": started,
         "duration_ms": ms(ended - started), "params": params_mod.masked(p, prep.values),
         "steps": [r.to_json(prep.scrub) for r in result.steps.values()] if result else [],
@@ -194,9 +195,8 @@ async def execute(prep: Prepared, pool: TargetPool, console: Console, opts: RunO
     from clipipe.engine.runner import Runner
 
     runner = Runner(prep.plan, prep.values, pool.get, console, jobs=opts.jobs, progress=progress,
-                    remote_contexts=pool.remote_names(set(prep.plan.contexts.values())))
-    runner.contexts = pool.contexts() or None
-    runner.make_target = pool.make
+                    remote_contexts=pool.remote_names(set(prep.plan.contexts.values())),
+                    contexts=pool.contexts() or None, make_target=pool.make)
     if reuse is not None:           # --rerun-failed: these steps' earlier success stands
         runner.reuse(*reuse)
     task = asyncio.ensure_future(runner.run())

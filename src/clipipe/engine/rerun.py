@@ -1,8 +1,8 @@
-"""`--rerun-failed`: the hosts that did not end ok in the newest earlier fleet run of the same work.
+"""`--rerun-failed`: what did not end ok in the newest earlier run of the same work.
 
-"The same work" is the same ad-hoc command (as recorded: secrets masked) or the same pipeline file
-(by absolute path). Only operation records of fleet runs count; the newest match wins. A host counts
-as not ok when it failed, was unreachable or was cancelled by an interrupt.
+"The same work" is the same ad-hoc command (as recorded: secrets masked; fleet runs only) or the
+same pipeline file (by absolute path); the newest match wins. After a fleet run the hosts that failed,
+were unreachable or were cancelled run again; after a one-context run, the steps (`steps_to_reuse`).
 """
 from __future__ import annotations
 
@@ -20,15 +20,10 @@ def pipeline_key(path: str) -> str:
     return os.path.abspath(path)
 
 
-def previous_fleet(store: Any, *, command: str | None = None, file: str | None = None) -> dict[str, Any] | None:
-    """The newest fleet record of this command or pipeline file, or None."""
-    key = pipeline_key(file) if file else None
+def previous_fleet(store: Any, *, command: str) -> dict[str, Any] | None:
+    """The newest fleet record of this ad-hoc command (a pipeline file's: `previous_run`), or None."""
     for rec in store.list_ops(SCAN):
-        if rec.get("type") != "fleet":
-            continue
-        if command is not None and rec.get("command") == command:
-            return rec
-        if key is not None and rec.get("file_abs") == key:
+        if rec.get("type") == "fleet" and rec.get("command") == command:
             return rec
     return None
 

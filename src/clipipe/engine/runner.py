@@ -56,10 +56,11 @@ class Runner:
     """Runs one plan with given values on given targets."""
 
     def __init__(self, plan: Plan, values: dict[str, Any], targets: TargetGetter, console: Console, *,
-                 jobs: int = 8, progress: Any = None, remote_contexts: set[str] | None = None) -> None:
+                 jobs: int = 8, progress: Any = None, remote_contexts: set[str] | None = None,
+                 contexts: Any = None, make_target: Callable[[str], Target] | None = None) -> None:
         self.plan = plan
-        self.contexts: Any = None          #: the run's Contexts, for transfer steps' endpoints
-        self.make_target: Callable[[str], Target] | None = None   #: an unopened target (port-forwards)
+        self.contexts = contexts            #: the run's Contexts, for transfer steps' endpoints
+        self.make_target = make_target      #: an unopened target (port-forwards need no agent)
         self.forwards: dict[str, list[Any]] = {}      #: port-forward step -> its running forwards
         self.forward_stats: list[dict[str, Any]] = []
         self.transfers: list[dict[str, Any]] = []

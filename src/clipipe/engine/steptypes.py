@@ -40,12 +40,6 @@ if TYPE_CHECKING:
 TYPES = ("port-forward", "cleanup", "transfer")
 
 
-def stop_list(step: Step) -> list[str]:
-    """The step names a cleanup step stops (checked against the pipeline by the plan)."""
-    stop = step.options.get("stop")
-    return [str(x) for x in (stop if isinstance(stop, list) else [stop] if stop else [])]
-
-
 def _render(runner: Runner, step: Step, value: Any) -> str:
     return templates.render(str(value), {**runner.values, **runner.variables}, shell=False, mark=step.mark)
 
@@ -60,7 +54,7 @@ async def run(runner: Runner, step: Step) -> None:
         if step.type == "port-forward":
             await _port_forward(runner, step)
         elif step.type == "cleanup":
-            await stop_forwards(runner, stop_list(step), rec)
+            await stop_forwards(runner, step.stops, rec)
         else:
             await _transfer(runner, step)
     except ClipipeError as exc:
@@ -85,9 +79,10 @@ async def _port_forward(runner: Runner, step: Step) -> None:
                 where[key] = _render(runner, step, o[key])
     elif o.get("address"):
         where["remote_host"] = _render(runner, step, o["address"])
+    pairs = port_pairs(o.get("ports"))
     started = []
     try:
-        for local, remote in port_pairs(o.get("ports")):
+        for local, remote in pairs:
             fwd = open_forward(target, remote, local, **where)
             await fwd.start()
             started.append(fwd)
@@ -100,7 +95,7 @@ async def _port_forward(runner: Runner, step: Step) -> None:
     runner.values[step.name] = {"host": first.host, "port": first.port, "address": f"{first.host}:{first.port}",
                                 "ports": [f.port for f in started]}
     runner.records[step.name].note = ", ".join(f"{f.host}:{f.port} -> {ctx}:{r}"
-                                               for f, (_, r) in zip(started, port_pairs(o.get("ports"))))
+                                               for f, (_, r) in zip(started, pairs))
     runner.console.note(f"⇄ {step.name}: {runner.records[step.name].note}")
 
 

@@ -142,8 +142,7 @@ def _cleanup_edges(pipeline: Pipeline, steps: dict[str, Step], edges: list[Edge]
     for s in pipeline.steps:
         if s.type != "cleanup":
             continue
-        stop = s.options.get("stop")
-        todo = [str(x) for x in (stop if isinstance(stop, list) else [stop] if stop else [])]
+        todo = s.stops
         for name in todo:
             if name not in steps:
                 raise PlanError(f"step {s.name!r}: stop: {name!r} is not a step of the pipeline", mark=s.mark)

@@ -74,6 +74,12 @@ class Step:
     depends_marks: dict[str, Mark] = field(default_factory=dict)
 
     @property
+    def stops(self) -> list[str]:
+        """The step names a `type: cleanup` step stops (its `stop:`, a name or a list)."""
+        stop = self.options.get("stop")
+        return [str(x) for x in (stop if isinstance(stop, list) else [stop] if stop else [])]
+
+    @property
     def variable(self) -> str | None:
         """The variable this step's stdout is captured into, if any."""
         if self.output and self.output.startswith("variable:"):
