@@ -45,6 +45,12 @@ def clipipe(tmp_path: Path):  # type: ignore[no-untyped-def]
     return run
 
 
+#: A Python expression, for code run in a child process: that process's own peak RSS in KiB.
+#: (VmHWM belongs to the memory image exec made; ru_maxrss keeps the high-water mark from before
+#: the exec, i.e. the test runner's, once that has grown past what is measured.)
+PEAK_RSS_KIB = "int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))"
+
+
 def write(path: Path, text: str) -> Path:
     """Write text to path (creating parents) and return the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
